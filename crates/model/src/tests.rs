@@ -121,7 +121,7 @@ fn all_errors_are_reported_at_once_with_positions_and_suggestions() {
     assert!(has(&d, "spec.components[0].properties.ports[0].exposed", "unknown field"), "{d:#?}");
     let worker = d.iter().find(|x| x.path == "spec.components[2].type").unwrap();
     assert_eq!((worker.line, worker.column), (42, 7));
-    assert_eq!(src.lines().nth(41).map(str::trim), Some("type: worker"));
+    assert_eq!(src.lines().nth(41).map(str::trim), Some("type: workr"));
 }
 
 #[test]
