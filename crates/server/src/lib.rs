@@ -1,1 +1,178 @@
-//! placeholder
+//! Yun's control plane, `yun server`: the composition root. It opens the store, starts the
+//! local runtime, runs the reconciler and serves the HTTP/JSON API on loopback.
+//!
+//! Read [`run`] first, then `api.rs` (the routes) and `reconcile.rs` (desired → observed).
+
+mod api;
+mod openapi;
+mod reconcile;
+mod status;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use yun_runtime::LocalRuntime;
+use yun_store::{NewEvent, Store};
+
+pub use openapi::openapi_spec;
+pub use status::{AppStatus, app_phase};
+
+/// Default API address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
+/// Name of the token file in `YUN_HOME`.
+pub const TOKEN_FILE: &str = "token";
+/// Name of the file that tells clients where the daemon listens.
+pub const DAEMON_FILE: &str = "daemon.json";
+
+/// Server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// State directory (`YUN_HOME`).
+    pub home: PathBuf,
+    /// API listen address.
+    pub listen: SocketAddr,
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// State directory problem.
+    #[error("cannot use YUN_HOME {path}: {source}")]
+    Home {
+        /// Directory.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Store problem.
+    #[error(transparent)]
+    Store(#[from] yun_store::Error),
+    /// Port problem.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Runtime problem.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// What the daemon tells clients about itself, in `YUN_HOME/daemon.json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DaemonInfo {
+    /// API address.
+    pub addr: SocketAddr,
+    /// Daemon process id.
+    pub pid: u32,
+    /// Daemon version.
+    pub version: String,
+}
+
+pub(crate) struct Ctx {
+    pub store: Store,
+    pub runtime: LocalRuntime,
+    pub token: String,
+    pub reconcile: mpsc::UnboundedSender<String>,
+}
+
+/// Runs the daemon until `shutdown` resolves, then stops all instances gracefully.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let home = &config.home;
+    let home_err = |source| ServerError::Home { path: home.clone(), source };
+    std::fs::create_dir_all(home).map_err(home_err)?;
+    set_mode(home, 0o700).map_err(home_err)?;
+    // The store's file lock makes this the only daemon for this YUN_HOME.
+    let store = Store::open(&home.join("state.redb"))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+    let token = ensure_token(home).map_err(home_err)?;
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let (runtime, reaped) = LocalRuntime::start(home, events_tx).await.map_err(ServerError::Runtime)?;
+    if reaped > 0 {
+        let _ = store.record(NewEvent {
+            app: None,
+            component: None,
+            warning: true,
+            reason: "Recovered".into(),
+            actor: "reconciler".into(),
+            message: format!("stopped {reaped} instance(s) left by a previous daemon; they will be replaced"),
+        });
+    }
+    let (reconcile_tx, reconcile_rx) = mpsc::unbounded_channel();
+    let ctx = Arc::new(Ctx { store, runtime, token, reconcile: reconcile_tx });
+
+    // Runtime events go to the event log.
+    let ev_ctx = ctx.clone();
+    tokio::spawn(async move {
+        while let Some(e) = events_rx.recv().await {
+            let _ = ev_ctx.store.record(NewEvent {
+                app: Some(e.app),
+                component: e.component,
+                warning: e.warning,
+                reason: e.reason,
+                actor: "reconciler".into(),
+                message: e.message,
+            });
+        }
+    });
+    tokio::spawn(reconcile::run(ctx.clone(), reconcile_rx));
+
+    let info = DaemonInfo { addr, pid: std::process::id(), version: env!("CARGO_PKG_VERSION").into() };
+    write_private(&home.join(DAEMON_FILE), &serde_json::to_vec_pretty(&info).unwrap_or_default())
+        .map_err(home_err)?;
+    tracing::info!(%addr, home = %home.display(), "Yun server listening.");
+
+    let app = api::router(ctx.clone());
+    let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let result = serve.await;
+    tracing::info!("Shutting down: stopping all instances.");
+    ctx.runtime.shutdown().await;
+    let _ = std::fs::remove_file(home.join(DAEMON_FILE));
+    result.map_err(|source| ServerError::Listen { addr, source })
+}
+
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
+/// Reuses the token across restarts (clients keep working) unless it is missing or readable by
+/// others, in which case a fresh one is written with mode 0600.
+fn ensure_token(home: &Path) -> std::io::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = home.join(TOKEN_FILE);
+    if let Ok(meta) = std::fs::metadata(&path) {
+        if meta.permissions().mode() & 0o077 == 0 {
+            let t = std::fs::read_to_string(&path)?.trim().to_string();
+            if t.len() >= 32 {
+                return Ok(t);
+            }
+        }
+    }
+    let bytes: [u8; 32] = rand::random();
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(&path, token.as_bytes())?;
+    Ok(token)
+}

@@ -1,0 +1,472 @@
+//! The control-plane HTTP/JSON API, `/api/v1/...`. Every route requires the bearer token;
+//! errors are JSON `{"error": "...", ...}` with a fitting status. A refused request changes
+//! nothing: validation runs before the store is touched.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use yun_model::{Target, parse_manifest};
+use yun_store::{NewEvent, Source};
+
+use crate::status::{AppStatus, app_phase};
+use crate::{Ctx, openapi};
+
+type Shared = State<Arc<Ctx>>;
+
+/// An API error: status plus JSON body.
+pub(crate) struct ApiError(StatusCode, Value);
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError(status, json!({"error": message.into()}))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl From<yun_store::Error> for ApiError {
+    fn from(e: yun_store::Error) -> ApiError {
+        use yun_store::Error as E;
+        let status = match &e {
+            E::AppNotFound(_) | E::RevisionNotFound { .. } | E::ComponentNotFound { .. } => StatusCode::NOT_FOUND,
+            E::Deleting(_) => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+type ApiResult<T = Json<Value>> = Result<T, ApiError>;
+
+pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/version", get(version))
+        .route("/api/v1/apply", post(apply))
+        .route("/api/v1/diff", post(diff))
+        .route("/api/v1/apps", get(list_apps))
+        .route("/api/v1/apps/{name}", get(get_app).delete(delete_app))
+        .route("/api/v1/apps/{name}/revisions", get(revisions))
+        .route("/api/v1/apps/{name}/revisions/{number}", get(revision))
+        .route("/api/v1/apps/{name}/rollback", post(rollback))
+        .route("/api/v1/apps/{name}/scale", post(scale))
+        .route("/api/v1/apps/{name}/stop", post(stop))
+        .route("/api/v1/apps/{name}/logs", get(logs))
+        .route("/api/v1/events", get(events))
+        .route("/openapi.json", get(|| async { Json(openapi::openapi_spec()) }))
+        .layer(middleware::from_fn_with_state(ctx.clone(), auth));
+    Router::new()
+        .merge(api)
+        // Liveness of the daemon itself; reveals nothing.
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(yun_model::MAX_MANIFEST_BYTES * 2))
+        .with_state(ctx)
+}
+
+async fn auth(State(ctx): Shared, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !constant_time_eq(presented.as_bytes(), ctx.token.as_bytes()) {
+        let mut resp = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or invalid bearer token (the CLI reads it from YUN_HOME/token)",
+        )
+        .into_response();
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        return resp;
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `user:<name>` from the client's `X-Yun-Actor` header, sanitised.
+fn actor(headers: &HeaderMap) -> String {
+    let name: String = headers
+        .get("x-yun-actor")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unknown")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+        .take(64)
+        .collect();
+    format!("user:{}", if name.is_empty() { "unknown" } else { &name })
+}
+
+async fn version() -> Json<Value> {
+    Json(json!({"version": env!("CARGO_PKG_VERSION"), "api": "v1"}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestBody {
+    manifest: String,
+    #[serde(default)]
+    file: Option<String>,
+    /// Absolute directory for relative paths (the manifest's directory).
+    base_dir: String,
+}
+
+fn parse(body: &ManifestBody) -> ApiResult<yun_model::Parsed> {
+    if !std::path::Path::new(&body.base_dir).is_absolute() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "base_dir must be an absolute path"));
+    }
+    parse_manifest(&body.manifest, body.file.as_deref(), Target::Local).map_err(|e| {
+        let first = e.diagnostics.first().map(ToString::to_string).unwrap_or_default();
+        ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"error": format!("invalid manifest: {first}"), "diagnostics": e.diagnostics}),
+        )
+    })
+}
+
+async fn apply(State(ctx): Shared, headers: HeaderMap, Json(body): Json<ManifestBody>) -> ApiResult {
+    let parsed = parse(&body)?;
+    // Refuse the whole manifest before changing anything if any app is being deleted.
+    for app in &parsed.apps {
+        if ctx.store.app(&app.name)?.is_some_and(|r| r.deleting) {
+            return Err(yun_store::Error::Deleting(app.name.clone()).into());
+        }
+    }
+    let mut results = Vec::new();
+    let who = actor(&headers);
+    for app in &parsed.apps {
+        let applied = ctx.store.apply(
+            app,
+            Source {
+                actor: who.clone(),
+                message: format!("apply {}", body.file.as_deref().unwrap_or("manifest")),
+                base_dir: body.base_dir.clone(),
+                manifest: body.manifest.clone(),
+            },
+        )?;
+        let _ = ctx.reconcile.send(app.name.clone());
+        results.push(json!({"name": app.name, "revision": applied.revision, "created": applied.created}));
+    }
+    Ok(Json(json!({"apps": results, "warnings": parsed.warnings})))
+}
+
+async fn diff(State(ctx): Shared, Json(body): Json<ManifestBody>) -> ApiResult {
+    let parsed = parse(&body)?;
+    let mut out = Vec::new();
+    for app in &parsed.apps {
+        let current = match ctx.store.app(&app.name)? {
+            Some(r) => ctx.store.revision(&app.name, r.current_revision)?.map(|r| r.spec),
+            None => None,
+        };
+        let mut changes = Vec::new();
+        let old = current.as_ref().map(|a| a.components.as_slice()).unwrap_or_default();
+        for c in &app.components {
+            match old.iter().find(|o| o.name == c.name) {
+                None => changes.push(json!({"component": c.name, "change": "added"})),
+                Some(o) => {
+                    let (a, b) = (serde_json::to_value(o).unwrap_or_default(), serde_json::to_value(c).unwrap_or_default());
+                    let fields: Vec<Value> = field_changes(&a, &b);
+                    let change = if fields.is_empty() { "unchanged" } else { "changed" };
+                    changes.push(json!({"component": c.name, "change": change, "fields": fields}));
+                }
+            }
+        }
+        for o in old.iter().filter(|o| app.component(&o.name).is_none()) {
+            changes.push(json!({"component": o.name, "change": "removed"}));
+        }
+        let unchanged = current.as_ref().is_some_and(|c| c.content_hash() == app.content_hash());
+        out.push(json!({"name": app.name, "exists": current.is_some(), "unchanged": unchanged, "components": changes}));
+    }
+    Ok(Json(json!({"apps": out, "warnings": parsed.warnings})))
+}
+
+fn field_changes(a: &Value, b: &Value) -> Vec<Value> {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return Vec::new() };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| json!({"field": k, "from": a.get(k), "to": b.get(k)}))
+        .collect()
+}
+
+fn status_of(ctx: &Ctx, record: yun_store::AppRecord) -> AppStatus {
+    let components = ctx.runtime.status(&record.name).unwrap_or_default();
+    let (phase, message) = app_phase(&record, &components);
+    AppStatus {
+        name: record.name,
+        phase,
+        message,
+        revision: record.current_revision,
+        latest_revision: record.latest_revision,
+        scale: record.scale,
+        created_at: record.created_at,
+        updated_at: record.updated_at,
+        components,
+    }
+}
+
+async fn list_apps(State(ctx): Shared) -> ApiResult {
+    let apps: Vec<AppStatus> = ctx.store.apps()?.into_iter().map(|r| status_of(&ctx, r)).collect();
+    Ok(Json(json!({"apps": apps})))
+}
+
+async fn get_app(State(ctx): Shared, Path(name): Path<String>) -> ApiResult<Json<AppStatus>> {
+    let record = ctx.store.app(&name)?.ok_or(yun_store::Error::AppNotFound(name))?;
+    Ok(Json(status_of(&ctx, record)))
+}
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    #[serde(default)]
+    wait: bool,
+}
+
+async fn delete_app(
+    State(ctx): Shared,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let event = NewEvent {
+        app: Some(name.clone()),
+        component: None,
+        warning: false,
+        reason: "DeleteRequested".into(),
+        actor: actor(&headers),
+        message: "application deletion requested".into(),
+    };
+    ctx.store.update_app(&name, Some(event), |r| {
+        r.deleting = true;
+        Ok(())
+    })?;
+    let _ = ctx.reconcile.send(name.clone());
+    if q.wait {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while ctx.store.app(&name)?.is_some() {
+            if tokio::time::Instant::now() > deadline {
+                return Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "deletion still in progress after 120s"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        return Ok((StatusCode::OK, Json(json!({"name": name, "deleted": true}))));
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({"name": name, "deleting": true}))))
+}
+
+async fn revisions(State(ctx): Shared, Path(name): Path<String>) -> ApiResult {
+    let record = ctx.store.app(&name)?.ok_or(yun_store::Error::AppNotFound(name.clone()))?;
+    let revs: Vec<Value> = ctx
+        .store
+        .revisions(&name)?
+        .into_iter()
+        .map(|r| {
+            json!({"number": r.number, "hash": r.hash, "created_at": r.created_at, "actor": r.actor,
+                   "message": r.message, "current": r.number == record.current_revision})
+        })
+        .collect();
+    Ok(Json(json!({"name": name, "current": record.current_revision, "revisions": revs})))
+}
+
+async fn revision(State(ctx): Shared, Path((name, number)): Path<(String, u64)>) -> ApiResult {
+    let rev = ctx
+        .store
+        .revision(&name, number)?
+        .ok_or(yun_store::Error::RevisionNotFound { app: name, revision: number })?;
+    Ok(Json(serde_json::to_value(rev).unwrap_or_default()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    #[serde(default)]
+    to: Option<u64>,
+}
+
+async fn rollback(
+    State(ctx): Shared,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Json(body): Json<RollbackBody>,
+) -> ApiResult {
+    let applied = ctx.store.rollback(&name, body.to, &actor(&headers))?;
+    let _ = ctx.reconcile.send(name.clone());
+    Ok(Json(json!({"name": name, "revision": applied.revision, "created": applied.created})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScaleBody {
+    component: String,
+    replicas: u32,
+}
+
+async fn scale(
+    State(ctx): Shared,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Json(body): Json<ScaleBody>,
+) -> ApiResult {
+    if body.replicas > 1000 {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "replicas must be at most 1000"));
+    }
+    let record = ctx.store.app(&name)?.ok_or(yun_store::Error::AppNotFound(name.clone()))?;
+    let rev = ctx.store.revision(&name, record.current_revision)?.ok_or(yun_store::Error::AppNotFound(name.clone()))?;
+    let component = rev.spec.component(&body.component).ok_or(yun_store::Error::ComponentNotFound {
+        app: name.clone(),
+        component: body.component.clone(),
+    })?;
+    if !component.kind.is_long_running() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("component \"{}\" is a {}; only webservice and worker components scale", component.name, component.kind.as_str()),
+        ));
+    }
+    let event = NewEvent {
+        app: Some(name.clone()),
+        component: Some(body.component.clone()),
+        warning: false,
+        reason: "Scaled".into(),
+        actor: actor(&headers),
+        message: format!("scaled to {} replicas", body.replicas),
+    };
+    ctx.store.update_app(&name, Some(event), |r| {
+        r.scale.insert(body.component.clone(), body.replicas);
+        Ok(())
+    })?;
+    let _ = ctx.reconcile.send(name.clone());
+    Ok(Json(json!({"name": name, "component": body.component, "replicas": body.replicas})))
+}
+
+async fn stop(State(ctx): Shared, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
+    let event = NewEvent {
+        app: Some(name.clone()),
+        component: None,
+        warning: false,
+        reason: "Stopped".into(),
+        actor: actor(&headers),
+        message: "application stopped".into(),
+    };
+    ctx.store.update_app(&name, Some(event), |r| {
+        r.stopped = true;
+        Ok(())
+    })?;
+    let _ = ctx.reconcile.send(name.clone());
+    Ok(Json(json!({"name": name, "stopped": true})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    #[serde(default)]
+    component: Option<String>,
+    #[serde(default)]
+    instance: Option<String>,
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default)]
+    tail: Option<usize>,
+    #[serde(default)]
+    follow: bool,
+}
+
+/// Newline-delimited JSON `LogLine`s; with `follow` the stream stays open for new lines.
+async fn logs(State(ctx): Shared, Path(name): Path<String>, Query(q): Query<LogsQuery>) -> ApiResult<Response> {
+    if ctx.store.app(&name)?.is_none() {
+        return Err(yun_store::Error::AppNotFound(name).into());
+    }
+    let since = match &q.since {
+        Some(s) => Some(parse_since(s).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("invalid since \"{s}\": use a duration like 10m or an RFC 3339 time"))
+        })?),
+        None => None,
+    };
+    // Subscribe before reading history so no line falls between the two.
+    let mut live = ctx.runtime.logs().subscribe();
+    let history = ctx.runtime.logs().read(&name, q.component.as_deref(), q.instance.as_deref(), since, q.tail.unwrap_or(10_000));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(256);
+    let last_time = history.last().map(|l| l.time.clone());
+    tokio::spawn(async move {
+        for line in history {
+            if tx.send(Ok(ndjson(&line))).await.is_err() {
+                return;
+            }
+        }
+        if !q.follow {
+            return;
+        }
+        loop {
+            match live.recv().await {
+                Ok(line) => {
+                    let matches = line.app == name
+                        && q.component.as_deref().is_none_or(|c| c == line.component)
+                        && q.instance.as_deref().is_none_or(|i| i == line.instance)
+                        && last_time.as_deref().is_none_or(|t| line.time.as_str() > t);
+                    if matches && tx.send(Ok(ndjson(&line))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::debug!(skipped = n, "Log follower lagged.");
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+fn ndjson(line: &yun_runtime::LogLine) -> bytes::Bytes {
+    let mut s = serde_json::to_string(line).unwrap_or_default();
+    s.push('\n');
+    bytes::Bytes::from(s)
+}
+
+/// `10m`, `2h`, `30s`, `1d` ago, or an RFC 3339 time.
+pub(crate) fn parse_since(s: &str) -> Option<jiff::Timestamp> {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Some(t);
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
+    let n: i64 = num.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86400)?,
+        _ => return None,
+    };
+    jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_secs(secs)).ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    #[serde(default)]
+    app: Option<String>,
+    #[serde(default)]
+    after: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn events(State(ctx): Shared, Query(q): Query<EventsQuery>) -> ApiResult {
+    let events = ctx.store.events(q.app.as_deref(), q.after, q.limit.unwrap_or(100).min(10_000))?;
+    Ok(Json(json!({"events": events})))
+}

@@ -1,0 +1,97 @@
+//! The application reconciler: level-triggered, idempotent. For each app it reads the desired
+//! state from the store and hands the runtime a deployment, or tears the app down when it is
+//! being deleted. It runs on every change (queued by the API) and on a periodic resync, so a
+//! lost wake-up only delays convergence.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use yun_model::ComponentKind;
+use yun_runtime::Deployment;
+use yun_store::AppRecord;
+
+use crate::Ctx;
+
+/// Period of the full resync.
+const RESYNC: Duration = Duration::from_secs(2);
+
+pub(crate) async fn run(ctx: Arc<Ctx>, mut queue: mpsc::UnboundedReceiver<String>) {
+    let mut resync = tokio::time::interval(RESYNC);
+    loop {
+        let mut names = BTreeSet::new();
+        tokio::select! {
+            Some(name) = queue.recv() => { names.insert(name); }
+            _ = resync.tick() => {
+                match ctx.store.apps() {
+                    Ok(apps) => names.extend(apps.into_iter().map(|a| a.name)),
+                    Err(e) => tracing::error!(error = %e, "Cannot list applications."),
+                }
+            }
+        }
+        while let Ok(name) = queue.try_recv() {
+            names.insert(name);
+        }
+        for name in names {
+            if let Err(e) = reconcile(&ctx, &name).await {
+                tracing::warn!(app = %name, error = %e, "Reconcile failed; will retry.");
+            }
+        }
+    }
+}
+
+async fn reconcile(ctx: &Ctx, name: &str) -> Result<(), yun_store::Error> {
+    let Some(record) = ctx.store.app(name)? else {
+        ctx.runtime.remove(name).await;
+        return Ok(());
+    };
+    if record.deleting {
+        // Every instance is stopped before the record goes: nothing outlives its app.
+        ctx.runtime.remove(name).await;
+        ctx.runtime.logs().remove_app(name);
+        ctx.store.purge(name)?;
+        return Ok(());
+    }
+    let record = allocate_service_ports(ctx, record)?;
+    let revision = ctx
+        .store
+        .revision(name, record.current_revision)?
+        .ok_or(yun_store::Error::RevisionNotFound { app: name.into(), revision: record.current_revision })?;
+    ctx.runtime.deploy(Deployment {
+        app: name.into(),
+        revision: revision.number,
+        spec: revision.spec,
+        base_dir: PathBuf::from(revision.base_dir),
+        replicas: record.scale.clone(),
+        service_ports: record.service_ports.clone(),
+        stopped: record.stopped,
+    });
+    Ok(())
+}
+
+/// Webservices that declare no port get a loopback port, persisted so that their address
+/// survives daemon restarts.
+fn allocate_service_ports(ctx: &Ctx, record: AppRecord) -> Result<AppRecord, yun_store::Error> {
+    let Some(rev) = ctx.store.revision(&record.name, record.current_revision)? else { return Ok(record) };
+    let missing: Vec<String> = rev
+        .spec
+        .components
+        .iter()
+        .filter(|c| c.kind == ComponentKind::Webservice && c.ports.is_empty())
+        .filter(|c| !record.service_ports.contains_key(&c.name))
+        .map(|c| c.name.clone())
+        .collect();
+    if missing.is_empty() {
+        return Ok(record);
+    }
+    ctx.store.update_app(&record.name, None, |r| {
+        for name in &missing {
+            if let Ok(port) = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+                r.service_ports.insert(name.clone(), port.port());
+            }
+        }
+        Ok(())
+    })
+}
