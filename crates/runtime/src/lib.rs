@@ -44,6 +44,8 @@ pub struct Deployment {
     pub service_ports: BTreeMap<String, u16>,
     /// Run nothing, keep the app.
     pub stopped: bool,
+    /// Tasks already completed, by component: the spec hash they completed.
+    pub completed_tasks: BTreeMap<String, String>,
 }
 
 impl Deployment {
@@ -74,6 +76,9 @@ pub struct RuntimeEvent {
     pub reason: String,
     /// Detail.
     pub message: String,
+    /// Set when a task finished successfully: the spec hash it completed. The control plane
+    /// persists it so that a restarted daemon does not run the task again.
+    pub task_completed: Option<String>,
 }
 
 struct AppHandle {
@@ -257,6 +262,7 @@ async fn app_actor(
                 service_ports: d.service_ports_of(&c.name),
                 deps_ready,
                 stopped: d.stopped,
+                completed: d.completed_tasks.get(&c.name).cloned(),
             };
             let pos = running.iter().position(|(n, _)| *n == c.name);
             match pos {

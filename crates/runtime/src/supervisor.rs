@@ -34,6 +34,8 @@ pub(crate) struct Desired {
     pub service_ports: Vec<u16>,
     pub deps_ready: bool,
     pub stopped: bool,
+    /// Spec hash of a task that already completed (persisted by the control plane).
+    pub completed: Option<String>,
 }
 
 /// Observed state of one component.
@@ -273,12 +275,17 @@ impl Supervisor {
     }
 
     fn event(&self, warning: bool, reason: &str, message: String) {
+        self.send_event(warning, reason, message, None);
+    }
+
+    fn send_event(&self, warning: bool, reason: &str, message: String, task_completed: Option<String>) {
         let _ = self.shared.events.send(RuntimeEvent {
             app: self.shared.app.clone(),
             component: Some(self.name.clone()),
             warning,
             reason: reason.into(),
             message,
+            task_completed,
         });
     }
 
@@ -421,7 +428,9 @@ impl Supervisor {
                 run.state = "Succeeded";
                 run.finished_at = Some(now_text());
                 let msg = format!("run {run_id} succeeded ({} of {})", run.succeeded, job.count);
-                self.event(false, "RunSucceeded", msg);
+                let hash = run.hash.clone();
+                let completed = (desired.component.kind == ComponentKind::Task).then_some(hash);
+                self.send_event(false, "RunSucceeded", msg, completed);
             }
         }
     }
@@ -547,7 +556,19 @@ impl Supervisor {
     }
 
     fn reconcile_task(&mut self, desired: &Desired) {
-        // A task runs once per spec: a new spec hash starts a new run.
+        // A task runs once per spec: a new spec hash starts a new run. One that completed
+        // before a daemon restart is remembered as such.
+        if self.runs.is_empty() && desired.completed.as_deref() == Some(desired.hash.as_str()) {
+            self.runs.push_back(Run {
+                id: 0,
+                hash: desired.hash.clone(),
+                succeeded: desired.component.job.as_ref().map(|j| j.count).unwrap_or(1),
+                failed: 0,
+                state: "Succeeded",
+                started_at: String::new(),
+                finished_at: None,
+            });
+        }
         if self.runs.back().is_none_or(|r| r.hash != desired.hash) {
             self.retire_where(|_| true);
             self.begin_run(desired);

@@ -117,14 +117,28 @@ pub async fn run(
     let ev_ctx = ctx.clone();
     tokio::spawn(async move {
         while let Some(e) = events_rx.recv().await {
-            let _ = ev_ctx.store.record(NewEvent {
-                app: Some(e.app),
-                component: e.component,
+            let event = NewEvent {
+                app: Some(e.app.clone()),
+                component: e.component.clone(),
                 warning: e.warning,
                 reason: e.reason,
                 actor: "reconciler".into(),
                 message: e.message,
-            });
+            };
+            // A completed task is desired-state-relevant: persist it with its event.
+            let persisted = match (&e.component, e.task_completed) {
+                (Some(c), Some(hash)) => ev_ctx
+                    .store
+                    .update_app(&e.app, Some(event.clone()), |r| {
+                        r.completed_tasks.insert(c.clone(), hash);
+                        Ok(())
+                    })
+                    .is_ok(),
+                _ => false,
+            };
+            if !persisted {
+                let _ = ev_ctx.store.record(event);
+            }
         }
     });
     tokio::spawn(reconcile::run(ctx.clone(), reconcile_rx));

@@ -67,6 +67,7 @@ async fn reconcile(ctx: &Ctx, name: &str) -> Result<(), yun_store::Error> {
         replicas: record.scale.clone(),
         service_ports: record.service_ports.clone(),
         stopped: record.stopped,
+        completed_tasks: record.completed_tasks.clone(),
     });
     Ok(())
 }

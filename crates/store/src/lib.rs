@@ -95,6 +95,9 @@ pub struct AppRecord {
     /// Deletion requested; the record goes once the runtime has stopped everything.
     #[serde(default)]
     pub deleting: bool,
+    /// Tasks that ran to completion, by component: the spec hash they completed.
+    #[serde(default)]
+    pub completed_tasks: BTreeMap<String, String>,
     /// Stable service ports allocated to webservices without fixed ports, by component.
     #[serde(default)]
     pub service_ports: BTreeMap<String, u16>,
@@ -246,6 +249,7 @@ impl Store {
                 scale: BTreeMap::new(),
                 stopped: false,
                 deleting: false,
+                completed_tasks: BTreeMap::new(),
                 service_ports: BTreeMap::new(),
                 created_at: now(),
                 updated_at: now(),

@@ -1,0 +1,6 @@
+//! End-to-end tests: the real `yun` binary, a daemon per test in a temporary YUN_HOME.
+
+mod bad_input;
+mod jobs;
+mod lifecycle;
+mod support;
