@@ -53,11 +53,19 @@ impl Client {
     /// Connects to the daemon of `home`, failing with a hint when none runs.
     pub async fn connect(home: &Path) -> Result<Client> {
         let info = read_info(home).with_context(|| {
-            format!("no yun server is running for YUN_HOME {} (start one with `yun server` or `yun up`)", home.display())
+            format!(
+                "no yun server is running for YUN_HOME {} (start one with `yun server` or `yun up`)",
+                home.display()
+            )
         })?;
         let client = Client::new(home, &info)?;
         client.health().await.with_context(|| {
-            format!("the yun server recorded in {} (pid {}) does not answer at {}", home.join(DAEMON_FILE).display(), info.pid, info.addr)
+            format!(
+                "the yun server recorded in {} (pid {}) does not answer at {}",
+                home.join(DAEMON_FILE).display(),
+                info.pid,
+                info.addr
+            )
         })?;
         Ok(client)
     }
@@ -98,10 +106,15 @@ impl Client {
 
     /// Sends a request and decodes the JSON answer; non-2xx becomes [`ApiError`].
     pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
-        let resp = self.http.request(self.request(method, path, body)?).await.context("cannot reach the yun server")?;
+        let resp = self
+            .http
+            .request(self.request(method, path, body)?)
+            .await
+            .context("cannot reach the yun server")?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        let value: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
         if !status.is_success() {
             let body = if value.is_object() { value } else { serde_json::json!({"error": value}) };
             return Err(ApiError { status, body }.into());
@@ -120,7 +133,11 @@ impl Client {
     /// Streams newline-delimited JSON, calling `each` per value until the stream ends or
     /// `each` returns false.
     pub async fn stream(&self, path: &str, mut each: impl FnMut(Value) -> bool) -> Result<()> {
-        let resp = self.http.request(self.request(Method::GET, path, None)?).await.context("cannot reach the yun server")?;
+        let resp = self
+            .http
+            .request(self.request(Method::GET, path, None)?)
+            .await
+            .context("cannot reach the yun server")?;
         let status = resp.status();
         let mut body = resp.into_body();
         if !status.is_success() {
@@ -135,10 +152,10 @@ impl Client {
             buf.extend_from_slice(data);
             while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=pos).collect();
-                if let Ok(v) = serde_json::from_slice(&line) {
-                    if !each(v) {
-                        return Ok(());
-                    }
+                if let Ok(v) = serde_json::from_slice(&line)
+                    && !each(v)
+                {
+                    return Ok(());
                 }
             }
         }
@@ -177,7 +194,11 @@ pub async fn connect_or_start(home: &Path) -> Result<Client> {
             bail!("the yun server exited at start ({status}): {last} (log: {})", log_path.display());
         }
         if tokio::time::Instant::now() > deadline {
-            bail!("the yun server did not answer within {}s (log: {})", DAEMON_START_TIMEOUT.as_secs(), log_path.display());
+            bail!(
+                "the yun server did not answer within {}s (log: {})",
+                DAEMON_START_TIMEOUT.as_secs(),
+                log_path.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

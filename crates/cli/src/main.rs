@@ -164,11 +164,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
-            if let Some(api) = e.downcast_ref::<client::ApiError>() {
-                if let Some(diags) = api.body.get("diagnostics").and_then(Value::as_array) {
-                    for d in diags.iter().skip(1) {
-                        eprintln!("{}", diagnostic(d));
-                    }
+            if let Some(api) = e.downcast_ref::<client::ApiError>()
+                && let Some(diags) = api.body.get("diagnostics").and_then(Value::as_array)
+            {
+                for d in diags.iter().skip(1) {
+                    eprintln!("{}", diagnostic(d));
                 }
             }
             ExitCode::FAILURE
@@ -254,8 +254,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     .flatten()
                     .map(|a| {
                         let comps = a["components"].as_array().map(|c| c.len()).unwrap_or(0);
-                        let ready = a["components"].as_array().into_iter().flatten().filter(|c| c["available"] == true).count();
-                        vec![s(a, "name"), s(a, "phase"), format!("{ready}/{comps}"), s(a, "revision"), time(a, "updated_at")]
+                        let ready = a["components"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter(|c| c["available"] == true)
+                            .count();
+                        vec![
+                            s(a, "name"),
+                            s(a, "phase"),
+                            format!("{ready}/{comps}"),
+                            s(a, "revision"),
+                            time(a, "updated_at"),
+                        ]
                     })
                     .collect();
                 table(&["NAME", "PHASE", "COMPONENTS", "REVISION", "UPDATED"], &rows);
@@ -292,7 +303,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     .flatten()
                     .map(|r| {
                         let mark = if r["current"] == true { "*" } else { "" };
-                        vec![format!("{}{mark}", s(r, "number")), time(r, "created_at"), s(r, "hash"), s(r, "actor"), s(r, "message")]
+                        vec![
+                            format!("{}{mark}", s(r, "number")),
+                            time(r, "created_at"),
+                            s(r, "hash"),
+                            s(r, "actor"),
+                            s(r, "message"),
+                        ]
                     })
                     .collect();
                 table(&["REVISION", "CREATED", "HASH", "BY", "MESSAGE"], &rows);
@@ -322,7 +339,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Delete { app, no_wait } => {
             let c = Client::connect(&home).await?;
-            let out = c.call(hyper::Method::DELETE, &format!("/api/v1/apps/{}?wait={}", enc(&app), !no_wait), None).await?;
+            let out = c
+                .call(hyper::Method::DELETE, &format!("/api/v1/apps/{}?wait={}", enc(&app), !no_wait), None)
+                .await?;
             if !structured(fmt, &out)? {
                 println!("{app}: {}", if no_wait { "deleting" } else { "deleted" });
             }
@@ -340,12 +359,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     .into_iter()
                     .flatten()
                     .map(|e| {
-                        let obj = match (e.get("app").and_then(Value::as_str), e.get("component").and_then(Value::as_str)) {
+                        let obj = match (
+                            e.get("app").and_then(Value::as_str),
+                            e.get("component").and_then(Value::as_str),
+                        ) {
                             (Some(a), Some(c)) => format!("{a}/{c}"),
                             (Some(a), None) => a.to_string(),
                             _ => "-".into(),
                         };
-                        vec![time(e, "time"), s(e, "severity"), s(e, "reason"), obj, s(e, "actor"), s(e, "message")]
+                        vec![
+                            time(e, "time"),
+                            s(e, "severity"),
+                            s(e, "reason"),
+                            obj,
+                            s(e, "actor"),
+                            s(e, "message"),
+                        ]
                     })
                     .collect();
                 table(&["TIME", "TYPE", "REASON", "OBJECT", "BY", "MESSAGE"], &rows);
@@ -373,9 +402,15 @@ fn enc(s: &str) -> String {
 fn read_manifest(file: &Path) -> Result<(String, PathBuf)> {
     let meta = std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
     if meta.len() as usize > yun_model::MAX_MANIFEST_BYTES {
-        bail!("{} is {} bytes; manifests are limited to {} bytes", file.display(), meta.len(), yun_model::MAX_MANIFEST_BYTES);
+        bail!(
+            "{} is {} bytes; manifests are limited to {} bytes",
+            file.display(),
+            meta.len(),
+            yun_model::MAX_MANIFEST_BYTES
+        );
     }
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {} as UTF-8 text", file.display()))?;
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read {} as UTF-8 text", file.display()))?;
     let abs = std::fs::canonicalize(file)?;
     let dir = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
     Ok((text, dir))
@@ -464,8 +499,21 @@ fn print_status(st: &Value) {
     let rows: Vec<Vec<String>> = comps
         .iter()
         .map(|c| {
-            let addr = c["addresses"].as_array().and_then(|a| a.first()).and_then(Value::as_str).unwrap_or("-").to_string();
-            vec![s(c, "name"), s(c, "kind"), s(c, "phase"), format!("{}/{}", s(c, "ready"), s(c, "desired")), s(c, "restarts"), addr, s(c, "message")]
+            let addr = c["addresses"]
+                .as_array()
+                .and_then(|a| a.first())
+                .and_then(Value::as_str)
+                .unwrap_or("-")
+                .to_string();
+            vec![
+                s(c, "name"),
+                s(c, "kind"),
+                s(c, "phase"),
+                format!("{}/{}", s(c, "ready"), s(c, "desired")),
+                s(c, "restarts"),
+                addr,
+                s(c, "message"),
+            ]
         })
         .collect();
     table(&["COMPONENT", "TYPE", "PHASE", "READY", "RESTARTS", "ADDRESS", "MESSAGE"], &rows);
@@ -473,8 +521,20 @@ fn print_status(st: &Value) {
         .iter()
         .flat_map(|c| c["instances"].as_array().into_iter().flatten())
         .map(|i| {
-            let err = i.get("last_error").and_then(Value::as_str).or(i.get("last_exit").and_then(Value::as_str)).unwrap_or("");
-            vec![s(i, "id"), s(i, "pid"), s(i, "state"), s(i, "ready"), s(i, "restarts"), time(i, "started_at"), err.to_string()]
+            let err = i
+                .get("last_error")
+                .and_then(Value::as_str)
+                .or(i.get("last_exit").and_then(Value::as_str))
+                .unwrap_or("");
+            vec![
+                s(i, "id"),
+                s(i, "pid"),
+                s(i, "state"),
+                s(i, "ready"),
+                s(i, "restarts"),
+                time(i, "started_at"),
+                err.to_string(),
+            ]
         })
         .collect();
     if !inst.is_empty() {
@@ -520,7 +580,11 @@ async fn up(home: &Path, file: &Path, detach: bool, timeout: Duration) -> Result
                 _ => {}
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("{name} not ready after {}s: {} (see `yun status {name}` and `yun logs {name}`)", timeout.as_secs(), s(&st, "message"));
+                bail!(
+                    "{name} not ready after {}s: {} (see `yun status {name}` and `yun logs {name}`)",
+                    timeout.as_secs(),
+                    s(&st, "message")
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -561,7 +625,11 @@ async fn up(home: &Path, file: &Path, detach: bool, timeout: Duration) -> Result
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let st = c.get(&format!("/api/v1/apps/{}", enc(name))).await?;
-            let running = st["components"].as_array().into_iter().flatten().any(|c| c["instances"].as_array().is_some_and(|i| !i.is_empty()));
+            let running = st["components"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["instances"].as_array().is_some_and(|i| !i.is_empty()));
             if !running || tokio::time::Instant::now() > deadline {
                 break;
             }

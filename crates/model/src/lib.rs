@@ -14,8 +14,8 @@ mod yaml;
 pub use app::{App, Component, ComponentKind, JobSpec, ScheduleSpec, service_env_prefix};
 pub use schema::application_schema;
 pub use spec::{
-    ConcurrencyPolicy, ExecAction, HttpGetAction, HttpHeader, Port, Probe, Protocol,
-    RestartPolicy, TcpSocketAction,
+    ConcurrencyPolicy, ExecAction, HttpGetAction, HttpHeader, Port, Probe, Protocol, RestartPolicy,
+    TcpSocketAction,
 };
 pub use validate::{
     API_VERSION, Diagnostic, ManifestError, Parsed, Severity, Target, did_you_mean, parse_manifest,

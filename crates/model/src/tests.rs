@@ -188,8 +188,13 @@ fn hostile_and_contradictory_values() {
     assert!(has(&d, "spec.components[0].traits[0].properties.replicas", "at most"), "{d:#?}");
     let d = errors(&GOOD.replace("name: shop", "name: Shop_App"));
     assert!(has(&d, "metadata.name", "invalid name"), "{d:#?}");
-    let d = errors(&GOOD.replace("path: /healthz\n            port: 8080", "path: /healthz\n            port: 9999"));
-    assert!(has(&d, "spec.components[0].properties.readinessProbe.httpGet.port", "not a declared port"), "{d:#?}");
+    let d = errors(
+        &GOOD.replace("path: /healthz\n            port: 8080", "path: /healthz\n            port: 9999"),
+    );
+    assert!(
+        has(&d, "spec.components[0].properties.readinessProbe.httpGet.port", "not a declared port"),
+        "{d:#?}"
+    );
     let d = errors(&GOOD.replace(
         "httpGet:\n            path: /healthz\n            port: 8080",
         "httpGet: {path: /}\n          tcpSocket: {port: 8080}",
@@ -218,7 +223,8 @@ fn multi_document_manifests_yield_several_apps() {
 /// a located error, never a panic or an unlocated one.
 #[test]
 fn real_kubevela_examples_are_judged_cleanly() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/kubevela-examples");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/kubevela-examples");
     let Ok(entries) = std::fs::read_dir(&dir) else { return };
     let mut accepted = 0;
     for entry in entries.flatten() {

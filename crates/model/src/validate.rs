@@ -87,11 +87,7 @@ fn render(diagnostics: &[Diagnostic]) -> String {
 }
 
 /// Parses and validates a manifest with one or more `Application` documents.
-pub fn parse_manifest(
-    source: &str,
-    file: Option<&str>,
-    target: Target,
-) -> Result<Parsed, ManifestError> {
+pub fn parse_manifest(source: &str, file: Option<&str>, target: Target) -> Result<Parsed, ManifestError> {
     let file = file.map(str::to_string);
     let documents = yaml::parse_documents(source).map_err(|e| ManifestError {
         diagnostics: vec![Diagnostic {
@@ -134,11 +130,7 @@ pub fn parse_manifest(
     let has_errors = out.diagnostics.iter().any(|d| d.severity == Severity::Error);
     let mut diagnostics = out.diagnostics;
     diagnostics.sort_by_key(|d| (d.severity == Severity::Warning, d.line, d.column));
-    if has_errors {
-        Err(ManifestError { diagnostics })
-    } else {
-        Ok(Parsed { apps, warnings: diagnostics })
-    }
+    if has_errors { Err(ManifestError { diagnostics }) } else { Ok(Parsed { apps, warnings: diagnostics }) }
 }
 
 struct Findings {
@@ -278,18 +270,15 @@ impl Ctx<'_> {
                 self.error(key, msg);
             }
         }
-        if let Some(v) = self.string(root, "apiVersion", "") {
-            if v != API_VERSION {
-                self.error(
-                    "apiVersion",
-                    format!("unsupported apiVersion \"{v}\" (accepted: {API_VERSION})"),
-                );
-            }
+        if let Some(v) = self.string(root, "apiVersion", "")
+            && v != API_VERSION
+        {
+            self.error("apiVersion", format!("unsupported apiVersion \"{v}\" (accepted: {API_VERSION})"));
         }
-        if let Some(k) = self.string(root, "kind", "") {
-            if k != "Application" {
-                self.error("kind", format!("unsupported kind \"{k}\" (accepted: Application)"));
-            }
+        if let Some(k) = self.string(root, "kind", "")
+            && k != "Application"
+        {
+            self.error("kind", format!("unsupported kind \"{k}\" (accepted: Application)"));
         }
         if root.contains_key("status") {
             self.warn("status", "\"status\" is written by the platform and is ignored".into());
@@ -370,8 +359,7 @@ impl Ctx<'_> {
                 }
                 "workflow" => self.error(
                     &path,
-                    "workflows are not supported by Yun yet; components start in dependsOn order"
-                        .into(),
+                    "workflows are not supported by Yun yet; components start in dependsOn order".into(),
                 ),
                 _ => {
                     let msg = format!(
@@ -399,15 +387,13 @@ impl Ctx<'_> {
         for (i, item) in items.iter().enumerate() {
             let path = format!("spec.components[{i}]");
             let name = item.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
-            if !name.is_empty() {
-                if let Some(first) = seen.insert(name.clone(), i) {
-                    self.error(
-                        &join(&path, "name"),
-                        format!(
-                            "duplicate component name \"{name}\" (also spec.components[{first}])"
-                        ),
-                    );
-                }
+            if !name.is_empty()
+                && let Some(first) = seen.insert(name.clone(), i)
+            {
+                self.error(
+                    &join(&path, "name"),
+                    format!("duplicate component name \"{name}\" (also spec.components[{first}])"),
+                );
             }
             if let Some(c) = self.component(item, &path) {
                 components.push(c);
@@ -437,16 +423,16 @@ impl Ctx<'_> {
             }
         }
         let name = self.string(map, "name", path);
-        if let Some(n) = &name {
-            if !is_dns_label(n) {
-                self.error(
-                    &join(path, "name"),
-                    format!(
-                        "invalid component name \"{n}\": use at most 63 lower-case letters, \
+        if let Some(n) = &name
+            && !is_dns_label(n)
+        {
+            self.error(
+                &join(path, "name"),
+                format!(
+                    "invalid component name \"{n}\": use at most 63 lower-case letters, \
                          digits and '-', starting and ending with a letter or digit"
-                    ),
-                );
-            }
+                ),
+            );
         }
         let type_path = join(path, "type");
         let kind = match self.string(map, "type", path).as_deref() {
@@ -479,8 +465,7 @@ impl Ctx<'_> {
             Some(v) => self.properties(kind, v, &props_path),
             None => Default::default(),
         };
-        let mut component =
-            self.build(name.clone()?, kind, props, &invalid, depends_on, &props_path);
+        let mut component = self.build(name.clone()?, kind, props, &invalid, depends_on, &props_path);
         if let Some(traits) = map.get("traits") {
             self.traits(&mut component, traits, &join(path, "traits"));
         }
@@ -511,11 +496,8 @@ impl Ctx<'_> {
             } else if let Some(reason) = spec::unsupported_property(key) {
                 self.error(&at, format!("property \"{key}\" is not supported: {reason}"));
             } else {
-                let msg = format!(
-                    "unknown property \"{key}\" for a {}{}",
-                    kind.as_str(),
-                    suggestion(key, allowed)
-                );
+                let msg =
+                    format!("unknown property \"{key}\" for a {}{}", kind.as_str(), suggestion(key, allowed));
                 self.error(&at, msg);
             }
         }
@@ -585,8 +567,7 @@ impl Ctx<'_> {
             env.insert(var.name.clone(), var.value.clone().unwrap_or_default());
         }
         let ports = self.ports(&p, path);
-        for (field, probe) in [("readinessProbe", &p.readiness_probe), ("livenessProbe", &p.liveness_probe)]
-        {
+        for (field, probe) in [("readinessProbe", &p.readiness_probe), ("livenessProbe", &p.liveness_probe)] {
             if let Some(probe) = probe {
                 self.probe(probe, &ports, &join(path, field));
             }
@@ -597,10 +578,10 @@ impl Ctx<'_> {
             backoff_limit: p.backoff_limit.unwrap_or(6),
             active_deadline_seconds: p.active_deadline_seconds,
         });
-        if let Some(job) = &job {
-            if !(1..=1000).contains(&job.count) {
-                self.error(&join(path, "count"), "\"count\" must be between 1 and 1000".into());
-            }
+        if let Some(job) = &job
+            && !(1..=1000).contains(&job.count)
+        {
+            self.error(&join(path, "count"), "\"count\" must be between 1 and 1000".into());
         }
         let schedule = if kind == ComponentKind::CronTask {
             let cron = p.schedule.clone().unwrap_or_default();
@@ -620,10 +601,10 @@ impl Ctx<'_> {
         } else {
             None
         };
-        if let Some(dir) = &p.workdir {
-            if dir.is_empty() || dir.contains('\0') {
-                self.error(&join(path, "workdir"), "\"workdir\" must be a path".into());
-            }
+        if let Some(dir) = &p.workdir
+            && (dir.is_empty() || dir.contains('\0'))
+        {
+            self.error(&join(path, "workdir"), "\"workdir\" must be a path".into());
         }
         Component {
             name,
@@ -688,10 +669,10 @@ impl Ctx<'_> {
         if actions.iter().filter(|a| **a).count() != 1 {
             self.error(path, "a probe needs exactly one of exec, httpGet or tcpSocket".into());
         }
-        if let Some(exec) = &probe.exec {
-            if exec.command.first().is_none_or(|c| c.is_empty()) {
-                self.error(&join(path, "exec.command"), "the command must not be empty".into());
-            }
+        if let Some(exec) = &probe.exec
+            && exec.command.first().is_none_or(|c| c.is_empty())
+        {
+            self.error(&join(path, "exec.command"), "the command must not be empty".into());
         }
         let port = match (&probe.http_get, &probe.tcp_socket) {
             (Some(h), _) => {
@@ -715,10 +696,7 @@ impl Ctx<'_> {
                     let declared: Vec<String> = ports.iter().map(|p| p.port.to_string()).collect();
                     self.error(
                         &join(path, field),
-                        format!(
-                            "port {n} is not a declared port (declared: {})",
-                            declared.join(", ")
-                        ),
+                        format!("port {n} is not a declared port (declared: {})", declared.join(", ")),
                     );
                 }
                 Some(0) => self.error(&join(path, field), "port must be 1..65535".into()),
@@ -744,8 +722,7 @@ impl Ctx<'_> {
             let Some(map) = self.object(item, &at) else { continue };
             for key in map.keys() {
                 if key != "type" && key != "properties" {
-                    let msg =
-                        format!("unknown field \"{key}\"{}", suggestion(key, &["type", "properties"]));
+                    let msg = format!("unknown field \"{key}\"{}", suggestion(key, &["type", "properties"]));
                     self.error(&join(&at, key), msg);
                 }
             }
@@ -787,8 +764,7 @@ impl Ctx<'_> {
                         if !t.container_name.is_empty() {
                             self.error(
                                 &join(&props_path, "containerName"),
-                                "locally a component is one process; leave containerName empty"
-                                    .into(),
+                                "locally a component is one process; leave containerName empty".into(),
                             );
                         }
                         if t.replace {
@@ -802,11 +778,8 @@ impl Ctx<'_> {
                 }
                 "labels" | "annotations" => {
                     if let Some(t) = self.typed::<MetadataTrait>(props, &props_path) {
-                        let target = if kind == "labels" {
-                            &mut component.labels
-                        } else {
-                            &mut component.annotations
-                        };
+                        let target =
+                            if kind == "labels" { &mut component.labels } else { &mut component.annotations };
                         for (k, v) in t {
                             match v {
                                 Some(v) => target.insert(k, v),
@@ -855,15 +828,15 @@ impl Ctx<'_> {
         let mut reported = false;
         for c in components {
             let mut stack = Vec::new();
-            if let Some(cycle) = find_cycle(c.name.as_str(), &deps, &mut state, &mut stack) {
-                if !reported {
-                    let i = index[cycle[0]];
-                    self.error(
-                        &format!("spec.components[{i}].dependsOn"),
-                        format!("dependency cycle: {}", cycle.join(" -> ")),
-                    );
-                    reported = true;
-                }
+            if let Some(cycle) = find_cycle(c.name.as_str(), &deps, &mut state, &mut stack)
+                && !reported
+            {
+                let i = index[cycle[0]];
+                self.error(
+                    &format!("spec.components[{i}].dependsOn"),
+                    format!("dependency cycle: {}", cycle.join(" -> ")),
+                );
+                reported = true;
             }
         }
     }
@@ -872,17 +845,17 @@ impl Ctx<'_> {
         let mut owners: HashMap<u16, &str> = HashMap::new();
         for (i, c) in components.iter().enumerate() {
             for p in &c.ports {
-                if let Some(other) = owners.insert(p.port, &c.name) {
-                    if other != c.name {
-                        self.error(
-                            &format!("spec.components[{i}].properties"),
-                            format!(
-                                "port {} is already used by component \"{other}\"; each service \
+                if let Some(other) = owners.insert(p.port, &c.name)
+                    && other != c.name
+                {
+                    self.error(
+                        &format!("spec.components[{i}].properties"),
+                        format!(
+                            "port {} is already used by component \"{other}\"; each service \
                                  port can belong to one component",
-                                p.port
-                            ),
-                        );
-                    }
+                            p.port
+                        ),
+                    );
                 }
             }
         }
@@ -908,10 +881,10 @@ fn find_cycle<'a>(
     state.insert(node, 1);
     stack.push(node);
     for next in deps.get(node).into_iter().flatten() {
-        if deps.contains_key(next) {
-            if let Some(c) = find_cycle(next, deps, state, stack) {
-                return Some(c);
-            }
+        if deps.contains_key(next)
+            && let Some(c) = find_cycle(next, deps, state, stack)
+        {
+            return Some(c);
         }
     }
     stack.pop();

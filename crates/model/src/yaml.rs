@@ -69,11 +69,7 @@ pub fn parse_documents(source: &str) -> Result<Vec<Document>, YamlError> {
     if source.len() > MAX_MANIFEST_BYTES {
         return Err(YamlError {
             pos: Pos { line: 1, column: 1 },
-            message: format!(
-                "manifest is {} bytes; the limit is {} bytes",
-                source.len(),
-                MAX_MANIFEST_BYTES
-            ),
+            message: format!("manifest is {} bytes; the limit is {} bytes", source.len(), MAX_MANIFEST_BYTES),
         });
     }
     let mut builder = Builder::default();
@@ -138,10 +134,11 @@ impl Builder {
                         message: "aliases as mapping keys are not supported".into(),
                     });
                 }
-                let (value, size) = self.anchors.get(&id).cloned().ok_or(YamlError {
-                    pos,
-                    message: "alias refers to an unknown anchor".into(),
-                })?;
+                let (value, size) = self
+                    .anchors
+                    .get(&id)
+                    .cloned()
+                    .ok_or(YamlError { pos, message: "alias refers to an unknown anchor".into() })?;
                 self.count(size, pos)?;
                 self.push_value(value, pos)?;
             }
@@ -167,10 +164,7 @@ impl Builder {
                 }
                 self.finish_collection(value, pos)?;
             }
-            Event::StreamStart
-            | Event::StreamEnd
-            | Event::DocumentEnd
-            | Event::Nothing => {}
+            Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => {}
         }
         Ok(())
     }
@@ -179,8 +173,7 @@ impl Builder {
         if matches!(self.stack.last(), Some(Frame::Map { key: None, .. })) {
             return Err(YamlError {
                 pos,
-                message: "complex mapping keys (mappings or sequences as keys) are not supported"
-                    .into(),
+                message: "complex mapping keys (mappings or sequences as keys) are not supported".into(),
             });
         }
         if self.stack.len() >= MAX_DEPTH {
@@ -237,10 +230,7 @@ impl Builder {
                     map.insert(k, value);
                 }
                 None => {
-                    return Err(YamlError {
-                        pos,
-                        message: "complex mapping keys are not supported".into(),
-                    });
+                    return Err(YamlError { pos, message: "complex mapping keys are not supported".into() });
                 }
             },
         }
@@ -280,10 +270,10 @@ fn resolve_scalar(text: &str, style: ScalarStyle, tag: Option<&str>) -> Value {
     if let Some(n) = parse_int(text) {
         return Value::Number(n.into());
     }
-    if looks_like_float(text) {
-        if let Some(n) = text.parse::<f64>().ok().and_then(Number::from_f64) {
-            return Value::Number(n);
-        }
+    if looks_like_float(text)
+        && let Some(n) = text.parse::<f64>().ok().and_then(Number::from_f64)
+    {
+        return Value::Number(n);
     }
     Value::String(text.to_string())
 }

@@ -127,18 +127,18 @@ impl LocalRuntime {
     /// Makes `deployment` the desired state of its app. Idempotent.
     pub fn deploy(&self, deployment: Deployment) {
         let mut apps = self.inner.apps.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(h) = apps.get(&deployment.app) {
-            if !h.task.is_finished() {
-                h.desired.send_if_modified(|d| {
-                    if d.as_ref() != Some(&deployment) {
-                        *d = Some(deployment.clone());
-                        true
-                    } else {
-                        false
-                    }
-                });
-                return;
-            }
+        if let Some(h) = apps.get(&deployment.app)
+            && !h.task.is_finished()
+        {
+            h.desired.send_if_modified(|d| {
+                if d.as_ref() != Some(&deployment) {
+                    *d = Some(deployment.clone());
+                    true
+                } else {
+                    false
+                }
+            });
+            return;
         }
         let name = deployment.app.clone();
         let (tx, rx) = watch::channel(Some(deployment));
@@ -241,10 +241,8 @@ async fn app_actor(
             statuses.lock().unwrap_or_else(|e| e.into_inner()).clear();
             return;
         };
-        let available: HashMap<String, bool> = running
-            .iter()
-            .map(|(n, r)| (n.clone(), r.status.borrow().available))
-            .collect();
+        let available: HashMap<String, bool> =
+            running.iter().map(|(n, r)| (n.clone(), r.status.borrow().available)).collect();
         let base_env = platform_env(&d);
         let mut next: Vec<(String, Running)> = Vec::new();
         for c in &d.spec.components {
@@ -302,7 +300,8 @@ async fn app_actor(
             let _ = task.await;
         }
         running = next;
-        *statuses.lock().unwrap_or_else(|e| e.into_inner()) = running.iter().map(|(_, r)| r.status.clone()).collect();
+        *statuses.lock().unwrap_or_else(|e| e.into_inner()) =
+            running.iter().map(|(_, r)| r.status.clone()).collect();
         tokio::select! {
             _ = desired.changed() => {}
             _ = tick.tick() => {}
@@ -312,10 +311,8 @@ async fn app_actor(
 
 /// Variables every instance of the app gets: identity and the address of every webservice.
 fn platform_env(d: &Deployment) -> Vec<(String, String)> {
-    let mut env = vec![
-        ("YUN_APP".to_string(), d.app.clone()),
-        ("YUN_REVISION".to_string(), d.revision.to_string()),
-    ];
+    let mut env =
+        vec![("YUN_APP".to_string(), d.app.clone()), ("YUN_REVISION".to_string(), d.revision.to_string())];
     for c in &d.spec.components {
         if let Some(port) = d.service_ports_of(&c.name).first() {
             let prefix = service_env_prefix(&c.name);

@@ -136,9 +136,8 @@ impl LogHub {
             let Ok(text) = std::fs::read_to_string(&f) else { continue };
             for l in text.lines() {
                 if let Ok(line) = serde_json::from_str::<LogLine>(l) {
-                    let keep = since.is_none_or(|s| {
-                        line.time.parse::<jiff::Timestamp>().is_ok_and(|t| t >= s)
-                    });
+                    let keep =
+                        since.is_none_or(|s| line.time.parse::<jiff::Timestamp>().is_ok_and(|t| t >= s));
                     if keep {
                         out.push(line);
                     }

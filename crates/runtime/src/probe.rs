@@ -73,18 +73,15 @@ async fn http_get(
         .await
         .map_err(|e| format!("GET http://{host}:{port}{path}: {e}"))?;
     tokio::spawn(conn);
-    let mut req = Request::get(path).header("host", format!("{host}:{port}")).header("user-agent", "yun-probe");
+    let mut req =
+        Request::get(path).header("host", format!("{host}:{port}")).header("user-agent", "yun-probe");
     for h in headers {
         req = req.header(h.name.as_str(), h.value.as_str());
     }
     let req = req.body(Empty::<bytes::Bytes>::new()).map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(|e| format!("GET {path}: {e}"))?;
     let status = resp.status();
-    if (200..400).contains(&status.as_u16()) {
-        Ok(())
-    } else {
-        Err(format!("GET {path} returned {status}"))
-    }
+    if (200..400).contains(&status.as_u16()) { Ok(()) } else { Err(format!("GET {path} returned {status}")) }
 }
 
 async fn exec(command: &[String], target: &Target<'_>) -> Result<(), String> {

@@ -51,9 +51,7 @@ fn set_parent_death_signal(cmd: &mut Command) {
     // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which is
     // async-signal-safe and touches no memory shared with the parent.
     unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-        });
+        cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from));
     }
 }
 
@@ -70,7 +68,8 @@ fn resolve(program: &str, workdir: &Path) -> PathBuf {
 /// The daemon's environment passed on to instances: enough to find programs and behave well,
 /// nothing of Yun's own secrets.
 fn inherited_env() -> Vec<(String, String)> {
-    const KEEP: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR", "TERM", "RUST_BACKTRACE"];
+    const KEEP: &[&str] =
+        &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR", "TERM", "RUST_BACKTRACE"];
     std::env::vars().filter(|(k, _)| KEEP.contains(&k.as_str())).collect()
 }
 

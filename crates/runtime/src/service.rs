@@ -41,10 +41,10 @@ pub struct Endpoints {
 impl Endpoints {
     /// Replaces the set.
     pub fn set(&self, addrs: Vec<SocketAddr>) {
-        if let Ok(mut a) = self.addrs.write() {
-            if **a != addrs {
-                *a = Arc::new(addrs);
-            }
+        if let Ok(mut a) = self.addrs.write()
+            && **a != addrs
+        {
+            *a = Arc::new(addrs);
         }
         self.changed.notify_waiters();
     }
@@ -61,9 +61,7 @@ impl Endpoints {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..addrs.len())
-            .map(|i| addrs[(start + i) % addrs.len()])
-            .find(|a| !tried.contains(a))
+        (0..addrs.len()).map(|i| addrs[(start + i) % addrs.len()]).find(|a| !tried.contains(a))
     }
 
     async fn wait_for_any(&self, timeout: Duration) -> bool {
@@ -100,9 +98,8 @@ pub async fn bind(port: u16, component: String) -> std::io::Result<ServicePort> 
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector);
+    let client: Client<HttpConnector, Body> =
+        Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
     let ctx = Arc::new(Ctx { endpoints: endpoints.clone(), client, component });
     let task = tokio::spawn(async move {
         loop {
@@ -130,8 +127,15 @@ struct Ctx {
 }
 
 const HOP_BY_HOP: &[&str] = &[
-    "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
-    "te", "trailer", "transfer-encoding", "upgrade",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
 ];
 
 impl Ctx {
@@ -144,8 +148,12 @@ impl Ctx {
             parts.headers.append("x-forwarded-for", v);
         }
         let small = body_len(&parts.headers).is_some_and(|n| n <= RETRY_BUFFER_BYTES)
-            || (body_len(&parts.headers).is_none() && !parts.headers.contains_key(header::TRANSFER_ENCODING)
-                && matches!(parts.method, hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS | hyper::Method::DELETE));
+            || (body_len(&parts.headers).is_none()
+                && !parts.headers.contains_key(header::TRANSFER_ENCODING)
+                && matches!(
+                    parts.method,
+                    hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS | hyper::Method::DELETE
+                ));
         let (buffered, mut streaming) = if small {
             match body.collect().await {
                 Ok(c) => (Some(c.to_bytes()), None),
@@ -161,17 +169,19 @@ impl Ctx {
             if self.endpoints.get().is_empty() && !self.endpoints.wait_for_any(NO_ENDPOINT_WAIT).await {
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("no ready instance of component \"{}\" within {}s", self.component, NO_ENDPOINT_WAIT.as_secs()),
+                    &format!(
+                        "no ready instance of component \"{}\" within {}s",
+                        self.component,
+                        NO_ENDPOINT_WAIT.as_secs()
+                    ),
                 );
             }
             let Some(addr) = self.endpoints.pick(&tried) else {
                 return error(StatusCode::BAD_GATEWAY, "every instance refused the request");
             };
             tried.push(addr);
-            let uri = format!(
-                "http://{addr}{}",
-                parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
-            );
+            let uri =
+                format!("http://{addr}{}", parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
             let mut out = Request::from_parts(parts.clone(), empty());
             *out.uri_mut() = match uri.parse() {
                 Ok(u) => u,
@@ -180,7 +190,9 @@ impl Ctx {
             *out.body_mut() = match (&buffered, streaming.take()) {
                 (Some(b), _) => Full::new(b.clone()).map_err(|n| match n {}).boxed(),
                 (None, Some(s)) => s.boxed(),
-                (None, None) => return error(StatusCode::BAD_GATEWAY, "upstream failed while receiving the body"),
+                (None, None) => {
+                    return error(StatusCode::BAD_GATEWAY, "upstream failed while receiving the body");
+                }
             };
             match self.client.request(out).await {
                 Ok(resp) => {

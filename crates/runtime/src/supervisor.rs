@@ -292,13 +292,15 @@ impl Supervisor {
     fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Started { id, generation, pid } => {
-                if let Some(i) = self.instances.iter_mut().find(|i| i.id == id && i.generation == generation) {
+                if let Some(i) = self.instances.iter_mut().find(|i| i.id == id && i.generation == generation)
+                {
                     i.pid = Some(pid);
                 }
             }
             Msg::Probe { id, generation, liveness, result } => {
                 let desired = self.desired.borrow().clone();
-                let Some(i) = self.instances.iter_mut().find(|i| i.id == id && i.generation == generation) else {
+                let Some(i) = self.instances.iter_mut().find(|i| i.id == id && i.generation == generation)
+                else {
                     return;
                 };
                 if i.phase != Phase::Running {
@@ -337,7 +339,10 @@ impl Supervisor {
                         if i.live_fail >= failure_threshold {
                             i.live_fail = 0;
                             i.ready = false;
-                            let msg = format!("instance {} failed its liveness probe {} times, restarting: {e}", i.id, failure_threshold);
+                            let msg = format!(
+                                "instance {} failed its liveness probe {} times, restarting: {e}",
+                                i.id, failure_threshold
+                            );
                             if let Some(stop) = i.stop.take() {
                                 let _ = stop.send(());
                             }
@@ -348,7 +353,8 @@ impl Supervisor {
             }
             Msg::Exited { id, generation, success, how } => {
                 let desired = self.desired.borrow().clone();
-                let Some(pos) = self.instances.iter().position(|i| i.id == id && i.generation == generation) else {
+                let Some(pos) = self.instances.iter().position(|i| i.id == id && i.generation == generation)
+                else {
                     return;
                 };
                 self.shared.pidfiles.remove(&id);
@@ -423,15 +429,16 @@ impl Supervisor {
                 self.event(true, "RunFailed", msg);
             }
         }
-        if let Some(run) = self.runs.iter_mut().find(|r| r.id == run_id) {
-            if run.state == "Running" && run.succeeded >= job.count {
-                run.state = "Succeeded";
-                run.finished_at = Some(now_text());
-                let msg = format!("run {run_id} succeeded ({} of {})", run.succeeded, job.count);
-                let hash = run.hash.clone();
-                let completed = (desired.component.kind == ComponentKind::Task).then_some(hash);
-                self.send_event(false, "RunSucceeded", msg, completed);
-            }
+        if let Some(run) = self.runs.iter_mut().find(|r| r.id == run_id)
+            && run.state == "Running"
+            && run.succeeded >= job.count
+        {
+            run.state = "Succeeded";
+            run.finished_at = Some(now_text());
+            let msg = format!("run {run_id} succeeded ({} of {})", run.succeeded, job.count);
+            let hash = run.hash.clone();
+            let completed = (desired.component.kind == ComponentKind::Task).then_some(hash);
+            self.send_event(false, "RunSucceeded", msg, completed);
         }
     }
 
@@ -549,7 +556,11 @@ impl Supervisor {
             && self.rolled_out_hash.as_deref() != Some(hash)
         {
             if self.rolled_out_hash.is_some() {
-                self.event(false, "RolledOut", format!("revision {} is running on all {target} instances", desired.revision));
+                self.event(
+                    false,
+                    "RolledOut",
+                    format!("revision {} is running on all {target} instances", desired.revision),
+                );
             }
             self.rolled_out_hash = Some(hash.clone());
         }
@@ -592,7 +603,11 @@ impl Supervisor {
                     if too_late {
                         self.event(true, "MissedSchedule", format!("run due at {due} skipped: {late}s late"));
                     } else if active && schedule.concurrency_policy == ConcurrencyPolicy::Forbid {
-                        self.event(false, "Skipped", "previous run still active (concurrencyPolicy Forbid)".into());
+                        self.event(
+                            false,
+                            "Skipped",
+                            "previous run still active (concurrencyPolicy Forbid)".into(),
+                        );
                     } else {
                         if active && schedule.concurrency_policy == ConcurrencyPolicy::Replace {
                             for r in self.runs.iter_mut().filter(|r| r.state == "Running") {
@@ -671,7 +686,9 @@ impl Supervisor {
     }
 
     fn enforce_deadlines(&mut self, desired: &Desired) {
-        let Some(deadline) = desired.component.job.as_ref().and_then(|j| j.active_deadline_seconds) else { return };
+        let Some(deadline) = desired.component.job.as_ref().and_then(|j| j.active_deadline_seconds) else {
+            return;
+        };
         let mut expired = Vec::new();
         for r in self.runs.iter_mut().filter(|r| r.state == "Running") {
             let started: Option<jiff::Timestamp> = r.started_at.parse().ok();
@@ -682,13 +699,19 @@ impl Supervisor {
             }
         }
         for id in expired {
-            self.event(true, "DeadlineExceeded", format!("run {id} exceeded activeDeadlineSeconds {deadline}"));
+            self.event(
+                true,
+                "DeadlineExceeded",
+                format!("run {id} exceeded activeDeadlineSeconds {deadline}"),
+            );
             self.retire_where(|i| i.run == id);
         }
     }
 
     fn retire_where(&mut self, pred: impl Fn(&Instance) -> bool) {
-        let ks: Vec<usize> = (0..self.instances.len()).filter(|&k| !self.instances[k].retiring && pred(&self.instances[k])).collect();
+        let ks: Vec<usize> = (0..self.instances.len())
+            .filter(|&k| !self.instances[k].retiring && pred(&self.instances[k]))
+            .collect();
         for k in ks {
             self.retire(k);
         }
@@ -789,7 +812,10 @@ impl Supervisor {
         }
         for (port, (_, p)) in c.ports.iter().zip(&ports) {
             if let Some(name) = &port.name {
-                let var: String = name.chars().map(|ch| if ch.is_ascii_alphanumeric() { ch.to_ascii_uppercase() } else { '_' }).collect();
+                let var: String = name
+                    .chars()
+                    .map(|ch| if ch.is_ascii_alphanumeric() { ch.to_ascii_uppercase() } else { '_' })
+                    .collect();
                 env.push((format!("PORT_{var}"), p.to_string()));
             }
         }
@@ -827,10 +853,20 @@ impl Supervisor {
         let grace = Duration::from_secs(c.termination_grace_period_seconds as u64);
         let tx = self.tx.clone();
         let _ = tx.send(Msg::Started { id: id.clone(), generation, pid });
-        tokio::spawn(watch_process(child, pid, stop_rx, grace, shared.clone(), self.name.clone(), id.clone(), generation, tx.clone()));
+        tokio::spawn(watch_process(
+            child,
+            pid,
+            stop_rx,
+            grace,
+            shared.clone(),
+            self.name.clone(),
+            id.clone(),
+            generation,
+            tx.clone(),
+        ));
         // Probes: readiness (explicit, or implicitly the first port for webservices) and liveness.
         let readiness = c.readiness_probe.clone().or_else(|| {
-            (c.kind == ComponentKind::Webservice).then(|| Probe {
+            (c.kind == ComponentKind::Webservice).then_some(Probe {
                 exec: None,
                 http_get: None,
                 tcp_socket: Some(yun_model::TcpSocketAction { port: None }),
@@ -884,7 +920,11 @@ impl Supervisor {
                 ComponentKind::Webservice | ComponentKind::Worker => {
                     if let Some(i) = crashloop {
                         let why = i.last_error.clone().or(i.last_exit.clone()).unwrap_or_default();
-                        ("CrashLoopBackOff", format!("instance {} keeps failing ({} restarts): {why}", i.id, i.restarts), ready > 0)
+                        (
+                            "CrashLoopBackOff",
+                            format!("instance {} keeps failing ({} restarts): {why}", i.id, i.restarts),
+                            ready > 0,
+                        )
                     } else if current_ready >= desired.replicas && live.len() as u32 == desired.replicas {
                         ("Running", format!("{ready}/{} ready", desired.replicas), true)
                     } else {
@@ -893,17 +933,39 @@ impl Supervisor {
                             .find(|i| !i.ready)
                             .and_then(|i| i.last_error.clone().map(|e| format!("; {}: {e}", i.id)))
                             .unwrap_or_default();
-                        ("Progressing", format!("{ready}/{} ready, {updated} updated{waiting}", desired.replicas), ready > 0 || desired.replicas == 0)
+                        (
+                            "Progressing",
+                            format!("{ready}/{} ready, {updated} updated{waiting}", desired.replicas),
+                            ready > 0 || desired.replicas == 0,
+                        )
                     }
                 }
                 ComponentKind::Task => match self.runs.back() {
-                    Some(r) if r.state == "Succeeded" => ("Completed", format!("{} of {} succeeded", r.succeeded, c.job.as_ref().map(|j| j.count).unwrap_or(1)), true),
-                    Some(r) if r.state == "Failed" => ("Failed", format!("failed {} times: {}", r.failed, self.last_error.clone().unwrap_or_default()), false),
-                    Some(r) => ("Running", format!("{} succeeded, {} failed so far", r.succeeded, r.failed), false),
+                    Some(r) if r.state == "Succeeded" => (
+                        "Completed",
+                        format!(
+                            "{} of {} succeeded",
+                            r.succeeded,
+                            c.job.as_ref().map(|j| j.count).unwrap_or(1)
+                        ),
+                        true,
+                    ),
+                    Some(r) if r.state == "Failed" => (
+                        "Failed",
+                        format!("failed {} times: {}", r.failed, self.last_error.clone().unwrap_or_default()),
+                        false,
+                    ),
+                    Some(r) => {
+                        ("Running", format!("{} succeeded, {} failed so far", r.succeeded, r.failed), false)
+                    }
                     None => ("Starting", String::new(), false),
                 },
                 ComponentKind::CronTask => {
-                    let next = self.next_fire.as_ref().map(|t| t.timestamp().to_string()).unwrap_or_else(|| "suspended".into());
+                    let next = self
+                        .next_fire
+                        .as_ref()
+                        .map(|t| t.timestamp().to_string())
+                        .unwrap_or_else(|| "suspended".into());
                     ("Scheduled", format!("next run: {next}"), true)
                 }
             }
@@ -937,7 +999,11 @@ impl Supervisor {
             kind: c.kind.as_str().into(),
             phase: phase.into(),
             message,
-            desired: if c.kind.is_long_running() { desired.replicas } else { c.job.as_ref().map(|j| j.count).unwrap_or(1) },
+            desired: if c.kind.is_long_running() {
+                desired.replicas
+            } else {
+                c.job.as_ref().map(|j| j.count).unwrap_or(1)
+            },
             ready,
             updated,
             restarts,
@@ -1032,8 +1098,10 @@ async fn probe_loop(
     let target = crate::probe::Target { ports: &ports, workdir: &workdir, env: &env };
     let start = tokio::time::Instant::now();
     let mut ever_ready = false;
-    let mut next_ready = readiness.as_ref().map(|p| start + Duration::from_secs(p.initial_delay_seconds as u64));
-    let mut next_live = liveness.as_ref().map(|p| start + Duration::from_secs(p.initial_delay_seconds as u64));
+    let mut next_ready =
+        readiness.as_ref().map(|p| start + Duration::from_secs(p.initial_delay_seconds as u64));
+    let mut next_live =
+        liveness.as_ref().map(|p| start + Duration::from_secs(p.initial_delay_seconds as u64));
     loop {
         let due = match (next_ready, next_live) {
             (Some(a), Some(b)) => a.min(b),
@@ -1042,24 +1110,28 @@ async fn probe_loop(
         };
         tokio::time::sleep_until(due).await;
         let now = tokio::time::Instant::now();
-        if let (Some(at), Some(p)) = (next_ready, &readiness) {
-            if at <= now {
-                let result = crate::probe::run(p, &target).await;
-                ever_ready |= result.is_ok();
-                let period = Duration::from_secs(p.period_seconds.max(1) as u64);
-                next_ready = Some(tokio::time::Instant::now() + if ever_ready { period } else { STARTUP_PROBE_INTERVAL.min(period) });
-                if tx.send(Msg::Probe { id: id.clone(), generation, liveness: false, result }).is_err() {
-                    return;
-                }
+        if let (Some(at), Some(p)) = (next_ready, &readiness)
+            && at <= now
+        {
+            let result = crate::probe::run(p, &target).await;
+            ever_ready |= result.is_ok();
+            let period = Duration::from_secs(p.period_seconds.max(1) as u64);
+            next_ready = Some(
+                tokio::time::Instant::now()
+                    + if ever_ready { period } else { STARTUP_PROBE_INTERVAL.min(period) },
+            );
+            if tx.send(Msg::Probe { id: id.clone(), generation, liveness: false, result }).is_err() {
+                return;
             }
         }
-        if let (Some(at), Some(p)) = (next_live, &liveness) {
-            if at <= now {
-                let result = crate::probe::run(p, &target).await;
-                next_live = Some(tokio::time::Instant::now() + Duration::from_secs(p.period_seconds.max(1) as u64));
-                if tx.send(Msg::Probe { id: id.clone(), generation, liveness: true, result }).is_err() {
-                    return;
-                }
+        if let (Some(at), Some(p)) = (next_live, &liveness)
+            && at <= now
+        {
+            let result = crate::probe::run(p, &target).await;
+            next_live =
+                Some(tokio::time::Instant::now() + Duration::from_secs(p.period_seconds.max(1) as u64));
+            if tx.send(Msg::Probe { id: id.clone(), generation, liveness: true, result }).is_err() {
+                return;
             }
         }
     }

@@ -41,7 +41,9 @@ impl From<yun_store::Error> for ApiError {
     fn from(e: yun_store::Error) -> ApiError {
         use yun_store::Error as E;
         let status = match &e {
-            E::AppNotFound(_) | E::RevisionNotFound { .. } | E::ComponentNotFound { .. } => StatusCode::NOT_FOUND,
+            E::AppNotFound(_) | E::RevisionNotFound { .. } | E::ComponentNotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
             E::Deleting(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -178,7 +180,10 @@ async fn diff(State(ctx): Shared, Json(body): Json<ManifestBody>) -> ApiResult {
             match old.iter().find(|o| o.name == c.name) {
                 None => changes.push(json!({"component": c.name, "change": "added"})),
                 Some(o) => {
-                    let (a, b) = (serde_json::to_value(o).unwrap_or_default(), serde_json::to_value(c).unwrap_or_default());
+                    let (a, b) = (
+                        serde_json::to_value(o).unwrap_or_default(),
+                        serde_json::to_value(c).unwrap_or_default(),
+                    );
                     let fields: Vec<Value> = field_changes(&a, &b);
                     let change = if fields.is_empty() { "unchanged" } else { "changed" };
                     changes.push(json!({"component": c.name, "change": change, "fields": fields}));
@@ -260,7 +265,10 @@ async fn delete_app(
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         while ctx.store.app(&name)?.is_some() {
             if tokio::time::Instant::now() > deadline {
-                return Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "deletion still in progress after 120s"));
+                return Err(ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "deletion still in progress after 120s",
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -326,7 +334,10 @@ async fn scale(
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "replicas must be at most 1000"));
     }
     let record = ctx.store.app(&name)?.ok_or(yun_store::Error::AppNotFound(name.clone()))?;
-    let rev = ctx.store.revision(&name, record.current_revision)?.ok_or(yun_store::Error::AppNotFound(name.clone()))?;
+    let rev = ctx
+        .store
+        .revision(&name, record.current_revision)?
+        .ok_or(yun_store::Error::AppNotFound(name.clone()))?;
     let component = rev.spec.component(&body.component).ok_or(yun_store::Error::ComponentNotFound {
         app: name.clone(),
         component: body.component.clone(),
@@ -334,7 +345,11 @@ async fn scale(
     if !component.kind.is_long_running() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("component \"{}\" is a {}; only webservice and worker components scale", component.name, component.kind.as_str()),
+            format!(
+                "component \"{}\" is a {}; only webservice and worker components scale",
+                component.name,
+                component.kind.as_str()
+            ),
         ));
     }
     let event = NewEvent {
@@ -386,19 +401,32 @@ struct LogsQuery {
 }
 
 /// Newline-delimited JSON `LogLine`s; with `follow` the stream stays open for new lines.
-async fn logs(State(ctx): Shared, Path(name): Path<String>, Query(q): Query<LogsQuery>) -> ApiResult<Response> {
+async fn logs(
+    State(ctx): Shared,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult<Response> {
     if ctx.store.app(&name)?.is_none() {
         return Err(yun_store::Error::AppNotFound(name).into());
     }
     let since = match &q.since {
         Some(s) => Some(parse_since(s).ok_or_else(|| {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("invalid since \"{s}\": use a duration like 10m or an RFC 3339 time"))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("invalid since \"{s}\": use a duration like 10m or an RFC 3339 time"),
+            )
         })?),
         None => None,
     };
     // Subscribe before reading history so no line falls between the two.
     let mut live = ctx.runtime.logs().subscribe();
-    let history = ctx.runtime.logs().read(&name, q.component.as_deref(), q.instance.as_deref(), since, q.tail.unwrap_or(10_000));
+    let history = ctx.runtime.logs().read(
+        &name,
+        q.component.as_deref(),
+        q.instance.as_deref(),
+        since,
+        q.tail.unwrap_or(10_000),
+    );
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(256);
     let last_time = history.last().map(|l| l.time.clone());
     tokio::spawn(async move {

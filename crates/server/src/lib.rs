@@ -177,12 +177,12 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 fn ensure_token(home: &Path) -> std::io::Result<String> {
     use std::os::unix::fs::PermissionsExt;
     let path = home.join(TOKEN_FILE);
-    if let Ok(meta) = std::fs::metadata(&path) {
-        if meta.permissions().mode() & 0o077 == 0 {
-            let t = std::fs::read_to_string(&path)?.trim().to_string();
-            if t.len() >= 32 {
-                return Ok(t);
-            }
+    if let Ok(meta) = std::fs::metadata(&path)
+        && meta.permissions().mode() & 0o077 == 0
+    {
+        let t = std::fs::read_to_string(&path)?.trim().to_string();
+        if t.len() >= 32 {
+            return Ok(t);
         }
     }
     let bytes: [u8; 32] = rand::random();

@@ -43,7 +43,8 @@ pub fn app_phase(record: &AppRecord, components: &[ComponentStatus]) -> (String,
         return ("degraded".into(), format!("{}: {}", c.name, c.message));
     }
     let settled = |c: &ComponentStatus| {
-        matches!(c.phase.as_str(), "Running" | "Completed" | "Scheduled") && c.revision == record.current_revision
+        matches!(c.phase.as_str(), "Running" | "Completed" | "Scheduled")
+            && c.revision == record.current_revision
     };
     if !components.is_empty() && components.iter().all(settled) {
         return ("running".into(), String::new());
@@ -56,6 +57,8 @@ pub fn app_phase(record: &AppRecord, components: &[ComponentStatus]) -> (String,
         return ("degraded".into(), format!("{}: {}", c.name, c.message));
     }
     let waiting = components.iter().find(|c| !settled(c));
-    let msg = waiting.map(|c| format!("{}: {} {}", c.name, c.phase, c.message)).unwrap_or_else(|| "starting".into());
+    let msg = waiting
+        .map(|c| format!("{}: {} {}", c.name, c.phase, c.message))
+        .unwrap_or_else(|| "starting".into());
     ("progressing".into(), msg)
 }

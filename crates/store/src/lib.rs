@@ -309,9 +309,11 @@ impl Store {
         let record = self.app(name)?.ok_or_else(|| Error::AppNotFound(name.into()))?;
         let target = match to {
             Some(n) => n,
-            None => record.current_revision.checked_sub(1).filter(|n| *n > 0).ok_or(
-                Error::RevisionNotFound { app: name.into(), revision: 0 },
-            )?,
+            None => record
+                .current_revision
+                .checked_sub(1)
+                .filter(|n| *n > 0)
+                .ok_or(Error::RevisionNotFound { app: name.into(), revision: 0 })?,
         };
         let rev = self
             .revision(name, target)?

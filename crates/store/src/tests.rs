@@ -20,7 +20,8 @@ fn reapplying_the_same_spec_creates_no_revision() {
     assert_eq!(store.apply(&app(1, "a"), source("again")).unwrap(), Applied { revision: 1, created: false });
     assert_eq!(store.apply(&app(2, "a"), source("two")).unwrap(), Applied { revision: 2, created: true });
     assert_eq!(store.revisions("demo").unwrap().len(), 2);
-    let applied: Vec<_> = store.events(Some("demo"), 0, 100).unwrap().into_iter().filter(|e| e.reason == "Applied").collect();
+    let applied: Vec<_> =
+        store.events(Some("demo"), 0, 100).unwrap().into_iter().filter(|e| e.reason == "Applied").collect();
     assert_eq!(applied.len(), 2);
 }
 
@@ -82,10 +83,12 @@ fn purge_removes_app_and_revisions_and_deleting_apps_refuse_applies() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("state.redb")).unwrap();
     store.apply(&app(1, "a"), source("one")).unwrap();
-    store.update_app("demo", None, |r| {
-        r.deleting = true;
-        Ok(())
-    }).unwrap();
+    store
+        .update_app("demo", None, |r| {
+            r.deleting = true;
+            Ok(())
+        })
+        .unwrap();
     assert!(matches!(store.apply(&app(1, "b"), source("x")), Err(Error::Deleting(_))));
     store.purge("demo").unwrap();
     assert!(store.app("demo").unwrap().is_none());

@@ -79,10 +79,16 @@ fn serve(mut stream: TcpStream, unhealthy: &AtomicBool) {
             ("GET", p) if p.starts_with("/env/") => (200, std::env::var(&p[5..]).unwrap_or_default()),
             ("GET", "/") => {
                 let v = |k: &str| std::env::var(k).unwrap_or_default();
-                (200, format!(
-                    "{{\"instance\":\"{}\",\"revision\":\"{}\",\"version\":\"{}\",\"pid\":{}}}",
-                    v("YUN_INSTANCE"), v("YUN_REVISION"), v("VERSION"), std::process::id()
-                ))
+                (
+                    200,
+                    format!(
+                        "{{\"instance\":\"{}\",\"revision\":\"{}\",\"version\":\"{}\",\"pid\":{}}}",
+                        v("YUN_INSTANCE"),
+                        v("YUN_REVISION"),
+                        v("VERSION"),
+                        std::process::id()
+                    ),
+                )
             }
             _ => (404, "not found".into()),
         };
@@ -99,6 +105,10 @@ fn respond(stream: &mut TcpStream, status: u16, body: &str, close: bool) -> std:
         _ => "Service Unavailable",
     };
     let conn = if close { "close" } else { "keep-alive" };
-    write!(stream, "HTTP/1.1 {status} {reason}\r\ncontent-length: {}\r\nconnection: {conn}\r\n\r\n{body}", body.len())?;
+    write!(
+        stream,
+        "HTTP/1.1 {status} {reason}\r\ncontent-length: {}\r\nconnection: {conn}\r\n\r\n{body}",
+        body.len()
+    )?;
     stream.flush()
 }

@@ -13,14 +13,46 @@ fn invalid_manifests_are_refused_with_located_errors() {
     let d = Daemon::start();
     let cases = [
         ("malformed.yaml", "apiVersion: core.oam.dev/v1beta1\nkind: [Application\n", "invalid YAML"),
-        ("type.yaml", "apiVersion: core.oam.dev/v1beta1\nkind: Application\nmetadata: {name: a}\nspec:\n  components:\n    - name: x\n      type: websrvice\n      properties: {cmd: [x]}\n", "did you mean \"webservice\""),
-        ("trait.yaml", "apiVersion: core.oam.dev/v1beta1\nkind: Application\nmetadata: {name: a}\nspec:\n  components:\n    - name: x\n      type: worker\n      properties: {cmd: [x]}\n      traits: [{type: scalr}]\n", "did you mean \"scaler\""),
-        ("prop.yaml", "apiVersion: core.oam.dev/v1beta1\nkind: Application\nmetadata: {name: a}\nspec:\n  components:\n    - name: x\n      type: worker\n      properties: {cmd: [x], replica: 2}\n", "unknown property \"replica\""),
-        ("cron.yaml", "apiVersion: core.oam.dev/v1beta1\nkind: Application\nmetadata: {name: a}\nspec:\n  components:\n    - name: x\n      type: cron-task\n      properties: {cmd: [x], schedule: 'every day'}\n", "invalid cron schedule"),
-        ("dup.yaml", "apiVersion: core.oam.dev/v1beta1\nkind: Application\nmetadata: {name: a}\nspec:\n  components:\n    - {name: x, type: worker, properties: {cmd: [x]}}\n    - {name: x, type: worker, properties: {cmd: [y]}}\n", "duplicate component name"),
-        ("cycle.yaml", "apiVersion: core.oam.dev/v1beta1\nkind: Application\nmetadata: {name: a}\nspec:\n  components:\n    - {name: x, type: worker, properties: {cmd: [x]}, dependsOn: [y]}\n    - {name: y, type: worker, properties: {cmd: [y]}, dependsOn: [x]}\n", "dependency cycle"),
-        ("ports.yaml", "apiVersion: core.oam.dev/v1beta1\nkind: Application\nmetadata: {name: a}\nspec:\n  components:\n    - {name: x, type: webservice, properties: {cmd: [x], ports: [{port: 9001}]}}\n    - {name: y, type: webservice, properties: {cmd: [y], port: 9001}}\n", "port 9001 is already used"),
-        ("image.yaml", "apiVersion: core.oam.dev/v1beta1\nkind: Application\nmetadata: {name: a}\nspec:\n  components:\n    - {name: x, type: webservice, properties: {image: nginx}}\n", "cannot run locally"),
+        (
+            "type.yaml",
+            "apiVersion: core.oam.dev/v1beta1\nkind: Application\nmetadata: {name: a}\nspec:\n  components:\n    - name: x\n      type: websrvice\n      properties: {cmd: [x]}\n",
+            "did you mean \"webservice\"",
+        ),
+        (
+            "trait.yaml",
+            "apiVersion: core.oam.dev/v1beta1\nkind: Application\nmetadata: {name: a}\nspec:\n  components:\n    - name: x\n      type: worker\n      properties: {cmd: [x]}\n      traits: [{type: scalr}]\n",
+            "did you mean \"scaler\"",
+        ),
+        (
+            "prop.yaml",
+            "apiVersion: core.oam.dev/v1beta1\nkind: Application\nmetadata: {name: a}\nspec:\n  components:\n    - name: x\n      type: worker\n      properties: {cmd: [x], replica: 2}\n",
+            "unknown property \"replica\"",
+        ),
+        (
+            "cron.yaml",
+            "apiVersion: core.oam.dev/v1beta1\nkind: Application\nmetadata: {name: a}\nspec:\n  components:\n    - name: x\n      type: cron-task\n      properties: {cmd: [x], schedule: 'every day'}\n",
+            "invalid cron schedule",
+        ),
+        (
+            "dup.yaml",
+            "apiVersion: core.oam.dev/v1beta1\nkind: Application\nmetadata: {name: a}\nspec:\n  components:\n    - {name: x, type: worker, properties: {cmd: [x]}}\n    - {name: x, type: worker, properties: {cmd: [y]}}\n",
+            "duplicate component name",
+        ),
+        (
+            "cycle.yaml",
+            "apiVersion: core.oam.dev/v1beta1\nkind: Application\nmetadata: {name: a}\nspec:\n  components:\n    - {name: x, type: worker, properties: {cmd: [x]}, dependsOn: [y]}\n    - {name: y, type: worker, properties: {cmd: [y]}, dependsOn: [x]}\n",
+            "dependency cycle",
+        ),
+        (
+            "ports.yaml",
+            "apiVersion: core.oam.dev/v1beta1\nkind: Application\nmetadata: {name: a}\nspec:\n  components:\n    - {name: x, type: webservice, properties: {cmd: [x], ports: [{port: 9001}]}}\n    - {name: y, type: webservice, properties: {cmd: [y], port: 9001}}\n",
+            "port 9001 is already used",
+        ),
+        (
+            "image.yaml",
+            "apiVersion: core.oam.dev/v1beta1\nkind: Application\nmetadata: {name: a}\nspec:\n  components:\n    - {name: x, type: webservice, properties: {image: nginx}}\n",
+            "cannot run locally",
+        ),
     ];
     for (file, manifest, expected) in cases {
         let path = d.write(file, manifest);
@@ -58,7 +90,8 @@ fn requests_without_the_right_token_get_401_and_change_nothing() {
     assert!(apps(&d).is_empty());
     // The right token works over the same raw client.
     let token = format!("Bearer {}", d.token());
-    let (code, _) = Http::new(&addr).request("GET", "/api/v1/apps", &[("authorization", &token)], "").unwrap();
+    let (code, _) =
+        Http::new(&addr).request("GET", "/api/v1/apps", &[("authorization", &token)], "").unwrap();
     assert_eq!(code, 200);
     // The token file is private.
     use std::os::unix::fs::PermissionsExt;
@@ -73,14 +106,23 @@ fn hostile_api_bodies_are_rejected() {
     let token = format!("Bearer {}", d.token());
     let h = [("authorization", token.as_str()), ("content-type", "application/json")];
     let mut http = Http::new(&addr);
-    for body in ["{", "[]", "{\"manifest\": 3, \"base_dir\": \"/\"}", "{\"manifest\": \"x\", \"base_dir\": \"relative\"}", "{\"manifest\": \"a: b\", \"base_dir\": \"/\", \"extra\": 1}"] {
+    for body in [
+        "{",
+        "[]",
+        "{\"manifest\": 3, \"base_dir\": \"/\"}",
+        "{\"manifest\": \"x\", \"base_dir\": \"relative\"}",
+        "{\"manifest\": \"a: b\", \"base_dir\": \"/\", \"extra\": 1}",
+    ] {
         let (code, text) = http.request("POST", "/api/v1/apply", &h, body).unwrap();
         assert!((400..500).contains(&code), "{body}: {code} {text}");
     }
     let huge = "x".repeat(9 * 1024 * 1024);
-    let (code, _) = Http::new(&addr).request("POST", "/api/v1/apply", &h, &huge).unwrap_or((413, String::new()));
+    let (code, _) =
+        Http::new(&addr).request("POST", "/api/v1/apply", &h, &huge).unwrap_or((413, String::new()));
     assert_eq!(code, 413);
-    let (code, _) = http.request("POST", "/api/v1/apps/nope/scale", &h, "{\"component\": \"a\", \"replicas\": 1}").unwrap();
+    let (code, _) = http
+        .request("POST", "/api/v1/apps/nope/scale", &h, "{\"component\": \"a\", \"replicas\": 1}")
+        .unwrap();
     assert_eq!(code, 404);
     assert!(apps(&d).is_empty());
 }

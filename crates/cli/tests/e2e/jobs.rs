@@ -39,7 +39,14 @@ spec:
     // The client started only after the backend was ready.
     let events = d.json(&["events", "deps"]);
     let seq_of = |component: &str| -> u64 {
-        events["events"].as_array().unwrap().iter().find(|e| e["component"] == component && e["reason"] == "Started").unwrap()["seq"].as_u64().unwrap()
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["component"] == component && e["reason"] == "Started")
+            .unwrap()["seq"]
+            .as_u64()
+            .unwrap()
     };
     assert!(seq_of("backend") < seq_of("client"));
 }
@@ -74,7 +81,12 @@ spec:
     assert_eq!(good["runs"][0]["succeeded"], 2);
     let started = |d: &Daemon| {
         let events = d.json(&["events", "tasks", "--limit", "1000"]);
-        events["events"].as_array().unwrap().iter().filter(|e| e["component"] == "good" && e["reason"] == "Started").count()
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["component"] == "good" && e["reason"] == "Started")
+            .count()
     };
     assert_eq!(started(&d), 2);
     // After a daemon crash the completed task stays completed and does not run again.

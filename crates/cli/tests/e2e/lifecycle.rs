@@ -13,7 +13,9 @@ fn instance_pids(st: &Value) -> Vec<u64> {
 }
 
 fn version_of(body: &str) -> String {
-    serde_json::from_str::<Value>(body).map(|v| v["version"].as_str().unwrap_or_default().to_string()).unwrap_or_default()
+    serde_json::from_str::<Value>(body)
+        .map(|v| v["version"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
 }
 
 #[test]
@@ -52,9 +54,11 @@ fn full_lifecycle_of_a_webservice() {
     d.yun_ok(&["scale", app, "api", "2"]);
     eventually(30, "2 ready", || (d.status(app)["components"][0]["ready"] == 2).then_some(()));
     let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed, v2_seen) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let (ok, failed, v2_seen) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
     let loop_thread = {
-        let (stop, ok, failed, v2_seen, addr) = (stop.clone(), ok.clone(), failed.clone(), v2_seen.clone(), addr.clone());
+        let (stop, ok, failed, v2_seen, addr) =
+            (stop.clone(), ok.clone(), failed.clone(), v2_seen.clone(), addr.clone());
         std::thread::spawn(move || {
             let mut client = Http::new(&addr);
             let mut errors = Vec::new();
@@ -96,11 +100,13 @@ fn full_lifecycle_of_a_webservice() {
 
     // An instance killed from outside is restarted and serves again.
     let victim = instance_pids(&d.status(app))[0];
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
     let st = eventually(30, "killed instance restarted", || {
         let st = d.status(app);
         let c = &st["components"][0];
-        (c["restarts"].as_u64() >= Some(1) && c["ready"] == 2 && !instance_pids(&st).contains(&victim)).then_some(st)
+        (c["restarts"].as_u64() >= Some(1) && c["ready"] == 2 && !instance_pids(&st).contains(&victim))
+            .then_some(st)
     });
     assert_eq!(st["phase"], "running");
     let events = d.json(&["events", app]);

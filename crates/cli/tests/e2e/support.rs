@@ -55,7 +55,11 @@ impl Daemon {
 
     pub fn spawn(&mut self) {
         let _ = std::fs::remove_file(self.home().join("daemon.json"));
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.home().join("daemon.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.home().join("daemon.log"))
+            .unwrap();
         let child = Command::new(YUN)
             .args(["server", "--listen", "127.0.0.1:0"])
             .env("YUN_HOME", self.home())
@@ -93,13 +97,24 @@ impl Daemon {
     }
 
     pub fn yun(&self, args: &[&str]) -> Output {
-        Command::new(YUN).args(args).env("YUN_HOME", self.home()).env_remove("YUN_ADDR").stdin(Stdio::null()).output().unwrap()
+        Command::new(YUN)
+            .args(args)
+            .env("YUN_HOME", self.home())
+            .env_remove("YUN_ADDR")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
     }
 
     /// Runs the CLI and returns stdout, panicking with stderr on failure.
     pub fn yun_ok(&self, args: &[&str]) -> String {
         let out = self.yun(args);
-        assert!(out.status.success(), "yun {args:?} failed: {}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "yun {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -133,7 +148,8 @@ impl Daemon {
     }
 
     pub fn api_addr(&self) -> String {
-        let info: Value = serde_json::from_str(&std::fs::read_to_string(self.home().join("daemon.json")).unwrap()).unwrap();
+        let info: Value =
+            serde_json::from_str(&std::fs::read_to_string(self.home().join("daemon.json")).unwrap()).unwrap();
         info["addr"].as_str().unwrap().to_string()
     }
 
@@ -156,7 +172,7 @@ pub fn app_processes(app: &str, marker: &str) -> Vec<u32> {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
         let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
         let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
-        let has = |needle: &str| vars.iter().any(|v| *v == needle.as_bytes());
+        let has = |needle: &str| vars.contains(&needle.as_bytes());
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let zombie = stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z'));
         if has(&format!("YUN_APP={app}")) && has(&format!("TEST_MARKER={marker}")) && !zombie {
@@ -178,7 +194,13 @@ impl Http {
     }
 
     /// Sends a request; any transport error is returned (and the connection dropped).
-    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Result<(u16, String), String> {
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<(u16, String), String> {
         let r = self.try_request(method, path, headers, body);
         if r.is_err() {
             self.conn = None;
@@ -190,7 +212,13 @@ impl Http {
         self.request("GET", path, &[], "")
     }
 
-    fn try_request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Result<(u16, String), String> {
+    fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<(u16, String), String> {
         if self.conn.is_none() {
             let s = TcpStream::connect(&self.addr).map_err(|e| format!("connect: {e}"))?;
             s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
@@ -209,7 +237,11 @@ impl Http {
         if r.read_line(&mut status_line).map_err(|e| format!("read: {e}"))? == 0 {
             return Err("connection closed".into());
         }
-        let status: u16 = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or(format!("bad status line {status_line:?}"))?;
+        let status: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or(format!("bad status line {status_line:?}"))?;
         let mut len = 0usize;
         let mut chunked = false;
         loop {
