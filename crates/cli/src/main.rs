@@ -563,12 +563,22 @@ async fn up(home: &Path, file: &Path, detach: bool, timeout: Duration) -> Result
         loop {
             let st = c.get(&format!("/api/v1/apps/{}", enc(name))).await?;
             let phase = s(&st, "phase");
-            let progress: Vec<String> = st["components"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|c| format!("{} {} {}/{}", s(c, "name"), s(c, "phase"), s(c, "ready"), s(c, "desired")))
-                .collect();
+            let comps: Vec<&Value> = st["components"].as_array().into_iter().flatten().collect();
+            let progress: Vec<String> = if comps.len() <= 8 {
+                comps
+                    .iter()
+                    .map(|c| {
+                        format!("{} {} {}/{}", s(c, "name"), s(c, "phase"), s(c, "ready"), s(c, "desired"))
+                    })
+                    .collect()
+            } else {
+                // Many components: counts per phase instead of one entry each.
+                let mut by_phase = std::collections::BTreeMap::<String, usize>::new();
+                for c in &comps {
+                    *by_phase.entry(s(c, "phase")).or_default() += 1;
+                }
+                by_phase.into_iter().map(|(p, n)| format!("{p} {n}")).collect()
+            };
             let line = format!("{name}: {phase} [{}]", progress.join(", "));
             if line != last_line {
                 eprintln!("{line}");

@@ -148,6 +148,7 @@ impl LocalRuntime {
             logs: self.inner.logs.clone(),
             pidfiles: self.inner.pidfiles.clone(),
             events: self.inner.events.clone(),
+            availability: tokio::sync::Notify::new(),
         });
         let task = tokio::spawn(app_actor(shared, rx, statuses.clone()));
         apps.insert(name, AppHandle { desired: tx, statuses, task });
@@ -214,6 +215,8 @@ impl LocalRuntime {
     }
 }
 
+type SharedEnv = Arc<Vec<(String, String)>>;
+
 struct Running {
     desired: watch::Sender<Desired>,
     status: watch::Receiver<ComponentStatus>,
@@ -228,7 +231,11 @@ async fn app_actor(
     statuses: Arc<Mutex<Vec<watch::Receiver<ComponentStatus>>>>,
 ) {
     let mut running: Vec<(String, Running)> = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let shared_for_notify = shared.clone();
+    let mut availability = std::pin::pin!(shared_for_notify.availability.notified());
+    // Changes and availability wake the actor at once; the tick is only a safety resync.
+    let mut cached_env: Option<(u64, BTreeMap<String, u16>, SharedEnv)> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let current = desired.borrow_and_update().clone();
@@ -243,18 +250,21 @@ async fn app_actor(
         };
         let available: HashMap<String, bool> =
             running.iter().map(|(n, r)| (n.clone(), r.status.borrow().available)).collect();
-        let base_env = platform_env(&d);
+        if cached_env.as_ref().is_none_or(|(rev, ports, _)| *rev != d.revision || *ports != d.service_ports) {
+            cached_env = Some((d.revision, d.service_ports.clone(), Arc::new(platform_env(&d))));
+        }
+        let base_env = cached_env.as_ref().map(|c| c.2.clone()).unwrap_or_default();
         let mut next: Vec<(String, Running)> = Vec::new();
         for c in &d.spec.components {
             let deps_ready = c.depends_on.iter().all(|dep| available.get(dep).copied().unwrap_or(false));
-            let mut env = base_env.clone();
-            env.push(("YUN_COMPONENT".into(), c.name.clone()));
+            let mut env = vec![("YUN_COMPONENT".to_string(), c.name.clone())];
             env.extend(c.env.iter().map(|(k, v)| (k.clone(), v.clone())));
             let want = Desired {
                 revision: d.revision,
                 component: c.clone(),
                 hash: c.spec_hash(),
                 replicas: d.replicas.get(&c.name).copied().unwrap_or(c.replicas),
+                platform_env: base_env.clone(),
                 env,
                 workdir: d.base_dir.join(c.workdir.as_deref().unwrap_or(".")),
                 service_ports: d.service_ports_of(&c.name),
@@ -302,10 +312,13 @@ async fn app_actor(
         running = next;
         *statuses.lock().unwrap_or_else(|e| e.into_inner()) =
             running.iter().map(|(_, r)| r.status.clone()).collect();
+        // Statuses are read after this point; the notification is armed before, so none is lost.
         tokio::select! {
             _ = desired.changed() => {}
+            _ = availability.as_mut() => {}
             _ = tick.tick() => {}
         }
+        availability.set(shared.availability.notified());
     }
 }
 

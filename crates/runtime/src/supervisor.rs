@@ -1,5 +1,6 @@
 //! One supervisor task per component: it owns the component's instances and service ports and
-//! makes them match the desired state, level-triggered, on every change and every tick.
+//! makes them match the desired state, level-triggered: on every change, every message from
+//! an instance, every timer it set itself (back-off, schedule) and at least once a second.
 //!
 //! - long-running components (webservice, worker): keep `replicas` instances of the current
 //!   spec; roll out a new spec one instance at a time (start new, wait ready, move traffic,
@@ -29,6 +30,9 @@ pub(crate) struct Desired {
     pub component: Component,
     pub hash: String,
     pub replicas: u32,
+    /// Variables shared by the whole app (addresses of every webservice), shared, not copied.
+    pub platform_env: Arc<Vec<(String, String)>>,
+    /// The component's own variables; they win over `platform_env`.
     pub env: Vec<(String, String)>,
     pub workdir: PathBuf,
     pub service_ports: Vec<u16>,
@@ -125,6 +129,8 @@ pub(crate) struct Shared {
     pub logs: LogHub,
     pub pidfiles: PidFiles,
     pub events: mpsc::UnboundedSender<RuntimeEvent>,
+    /// Pinged when a component's availability changes, so dependants start at once.
+    pub availability: tokio::sync::Notify,
 }
 
 enum Msg {
@@ -179,6 +185,8 @@ pub(crate) struct Supervisor {
     shared: Arc<Shared>,
     name: String,
     desired: watch::Receiver<Desired>,
+    /// The latest desired state, shared cheaply with handlers.
+    current: Arc<Desired>,
     status: watch::Sender<ComponentStatus>,
     tx: mpsc::UnboundedSender<Msg>,
     rx: mpsc::UnboundedReceiver<Msg>,
@@ -224,11 +232,13 @@ impl Supervisor {
         status: watch::Sender<ComponentStatus>,
     ) -> Supervisor {
         let (tx, rx) = mpsc::unbounded_channel();
-        let name = desired.borrow().component.name.clone();
+        let current = Arc::new(desired.borrow().clone());
+        let name = current.component.name.clone();
         Supervisor {
             shared,
             name,
             desired,
+            current,
             status,
             tx,
             rx,
@@ -248,30 +258,47 @@ impl Supervisor {
     /// Runs until the desired state says stopped-for-removal (sender dropped) and every
     /// instance is gone.
     pub(crate) async fn run(mut self) {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut closed = false;
         loop {
-            tokio::select! {
-                changed = self.desired.changed(), if !closed => {
-                    if changed.is_err() {
-                        closed = true;
-                    }
-                }
-                Some(msg) = self.rx.recv() => self.handle(msg),
-                _ = tick.tick() => {}
-            }
             while let Ok(msg) = self.rx.try_recv() {
                 self.handle(msg);
             }
-            let desired = self.desired.borrow().clone();
+            let desired = self.current.clone();
             self.reconcile(&desired, closed).await;
             if closed && self.instances.is_empty() {
                 self.ports.clear();
                 self.publish(&desired);
                 return;
             }
+            let wake = self.next_wake();
+            tokio::select! {
+                changed = self.desired.changed(), if !closed => {
+                    match changed {
+                        Ok(()) => self.current = Arc::new(self.desired.borrow_and_update().clone()),
+                        Err(_) => closed = true,
+                    }
+                }
+                Some(msg) = self.rx.recv() => self.handle(msg),
+                _ = tokio::time::sleep_until(wake) => {}
+            }
         }
+    }
+
+    /// When the supervisor must look again even if nothing happens: the earliest back-off
+    /// expiry or scheduled run, and at least once a second (level-triggered resync).
+    fn next_wake(&self) -> tokio::time::Instant {
+        let now = Instant::now();
+        let mut wake = now + Duration::from_secs(1);
+        for i in &self.instances {
+            if let Phase::BackOff(until) = i.phase {
+                wake = wake.min(until);
+            }
+        }
+        if let Some(due) = &self.next_fire {
+            let ms = due.timestamp().as_millisecond() - jiff::Timestamp::now().as_millisecond();
+            wake = wake.min(now + Duration::from_millis(ms.max(0) as u64 + 1));
+        }
+        tokio::time::Instant::from_std(wake)
     }
 
     fn event(&self, warning: bool, reason: &str, message: String) {
@@ -352,7 +379,7 @@ impl Supervisor {
                 }
             }
             Msg::Exited { id, generation, success, how } => {
-                let desired = self.desired.borrow().clone();
+                let desired = self.current.clone();
                 let Some(pos) = self.instances.iter().position(|i| i.id == id && i.generation == generation)
                 else {
                     return;
@@ -800,7 +827,8 @@ impl Supervisor {
             }
         }
         i.ports = ports.clone();
-        let mut env = desired.env.clone();
+        let mut env: Vec<(String, String)> =
+            desired.platform_env.iter().chain(&desired.env).cloned().collect();
         env.push(("YUN_INSTANCE".into(), i.id.clone()));
         if let Some((_, p)) = ports.first() {
             env.push(("PORT".into(), p.to_string()));
@@ -871,7 +899,8 @@ impl Supervisor {
                 http_get: None,
                 tcp_socket: Some(yun_model::TcpSocketAction { port: None }),
                 initial_delay_seconds: 0,
-                period_seconds: 1,
+                // Kubernetes' default period; until first ready it probes every 100 ms.
+                period_seconds: 10,
                 timeout_seconds: 1,
                 success_threshold: 1,
                 failure_threshold: 3,
@@ -1025,6 +1054,10 @@ impl Supervisor {
             last_error: self.last_error.clone(),
             available,
         };
+        let flipped = self.status.borrow().available != status.available;
+        if flipped {
+            self.shared.availability.notify_waiters();
+        }
         self.status.send_if_modified(|s| {
             if *s != status {
                 *s = status;

@@ -72,6 +72,10 @@ async fn reconcile(ctx: &Ctx, name: &str) -> Result<(), yun_store::Error> {
     Ok(())
 }
 
+/// Range service ports are allocated from. It sits below Linux's ephemeral range
+/// (32768–60999), from which instance ports come, so the two never collide.
+const SERVICE_PORTS: std::ops::Range<u16> = 20000..32000;
+
 /// Webservices that declare no port get a loopback port, persisted so that their address
 /// survives daemon restarts.
 fn allocate_service_ports(ctx: &Ctx, record: AppRecord) -> Result<AppRecord, yun_store::Error> {
@@ -87,12 +91,23 @@ fn allocate_service_ports(ctx: &Ctx, record: AppRecord) -> Result<AppRecord, yun
     if missing.is_empty() {
         return Ok(record);
     }
+    let mut taken: BTreeSet<u16> =
+        ctx.store.apps()?.iter().flat_map(|a| a.service_ports.values().copied()).collect();
     ctx.store.update_app(&record.name, None, |r| {
         for name in &missing {
-            if let Ok(port) = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
-                r.service_ports.insert(name.clone(), port.port());
+            if let Some(port) = free_service_port(&taken) {
+                taken.insert(port);
+                r.service_ports.insert(name.clone(), port);
             }
         }
         Ok(())
     })
+}
+
+fn free_service_port(taken: &BTreeSet<u16>) -> Option<u16> {
+    let span = SERVICE_PORTS.end - SERVICE_PORTS.start;
+    let start = rand::random::<u16>() % span;
+    (0..span)
+        .map(|i| SERVICE_PORTS.start + (start + i) % span)
+        .find(|p| !taken.contains(p) && std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
 }
