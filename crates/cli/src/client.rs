@@ -26,7 +26,8 @@ pub fn home(flag: Option<PathBuf>) -> Result<PathBuf> {
     Ok(PathBuf::from(base).join(".yun"))
 }
 
-/// An authenticated API client.
+/// An authenticated API client; clones share the connection pool.
+#[derive(Clone)]
 pub struct Client {
     http: HttpClient<HttpConnector, Full<Bytes>>,
     base: String,

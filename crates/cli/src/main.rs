@@ -550,36 +550,30 @@ fn print_log(fmt: Format, line: &Value) {
     }
 }
 
-/// `yun up`: apply, wait for ready with progress, then stream logs until Ctrl-C.
+/// `yun up`: apply, wait for ready with progress, then stream logs until Ctrl-C, which stops
+/// the app (also while still waiting for it to become ready).
 async fn up(home: &Path, file: &Path, detach: bool, timeout: Duration) -> Result<ExitCode> {
     let body = manifest_body(file)?;
+    let (int_tx, mut interrupted) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = int_tx.send(true);
+        }
+    });
     let c = client::connect_or_start(home).await?;
     let out = c.post("/api/v1/apply", &body).await?;
     print_applied(Format::Table, &out)?;
     let names: Vec<String> = out["apps"].as_array().into_iter().flatten().map(|a| s(a, "name")).collect();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last_line = String::new();
-    for name in &names {
+    'apps: for name in &names {
         loop {
+            if *interrupted.borrow() {
+                break 'apps;
+            }
             let st = c.get(&format!("/api/v1/apps/{}", enc(name))).await?;
             let phase = s(&st, "phase");
-            let comps: Vec<&Value> = st["components"].as_array().into_iter().flatten().collect();
-            let progress: Vec<String> = if comps.len() <= 8 {
-                comps
-                    .iter()
-                    .map(|c| {
-                        format!("{} {} {}/{}", s(c, "name"), s(c, "phase"), s(c, "ready"), s(c, "desired"))
-                    })
-                    .collect()
-            } else {
-                // Many components: counts per phase instead of one entry each.
-                let mut by_phase = std::collections::BTreeMap::<String, usize>::new();
-                for c in &comps {
-                    *by_phase.entry(s(c, "phase")).or_default() += 1;
-                }
-                by_phase.into_iter().map(|(p, n)| format!("{p} {n}")).collect()
-            };
-            let line = format!("{name}: {phase} [{}]", progress.join(", "));
+            let line = format!("{name}: {phase} [{}]", progress(&st).join(", "));
             if line != last_line {
                 eprintln!("{line}");
                 last_line = line;
@@ -600,32 +594,28 @@ async fn up(home: &Path, file: &Path, detach: bool, timeout: Duration) -> Result
         }
         println!("{name}: ready");
     }
-    if detach {
+    if detach && !*interrupted.borrow() {
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!("streaming logs; Ctrl-C stops the app");
-    let c = std::sync::Arc::new(c);
-    let mut streams = tokio::task::JoinSet::new();
-    for n in &names {
-        let q = format!("/api/v1/apps/{}/logs?follow=true&tail=0", enc(n));
-        let c = c.clone();
-        streams.spawn(async move {
-            c.stream(&q, |line| {
-                println!("{} | {}", s(&line, "component"), s(&line, "line"));
-                true
-            })
-            .await
-        });
-    }
-    let follow = async {
-        while let Some(r) = streams.join_next().await {
-            r??;
+    if !*interrupted.borrow() {
+        eprintln!("streaming logs; Ctrl-C stops the app");
+        let c = std::sync::Arc::new(c.clone());
+        let mut streams = tokio::task::JoinSet::new();
+        for n in &names {
+            let q = format!("/api/v1/apps/{}/logs?follow=true&tail=0", enc(n));
+            let c = c.clone();
+            streams.spawn(async move {
+                c.stream(&q, |line| {
+                    println!("{} | {}", s(&line, "component"), s(&line, "line"));
+                    true
+                })
+                .await
+            });
         }
-        anyhow::Ok(())
-    };
-    tokio::select! {
-        r = follow => { r?; }
-        _ = tokio::signal::ctrl_c() => {}
+        tokio::select! {
+            _ = interrupted.changed() => {}
+            Some(r) = streams.join_next() => { r??; }
+        }
     }
     eprintln!("stopping...");
     for name in &names {
@@ -648,4 +638,20 @@ async fn up(home: &Path, file: &Path, detach: bool, timeout: Duration) -> Result
         eprintln!("{name}: stopped");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One entry per component, or counts per phase when there are many.
+fn progress(st: &Value) -> Vec<String> {
+    let comps: Vec<&Value> = st["components"].as_array().into_iter().flatten().collect();
+    if comps.len() <= 8 {
+        return comps
+            .iter()
+            .map(|c| format!("{} {} {}/{}", s(c, "name"), s(c, "phase"), s(c, "ready"), s(c, "desired")))
+            .collect();
+    }
+    let mut by_phase = std::collections::BTreeMap::<String, usize>::new();
+    for c in &comps {
+        *by_phase.entry(s(c, "phase")).or_default() += 1;
+    }
+    by_phase.into_iter().map(|(p, n)| format!("{p} {n}")).collect()
 }

@@ -2,6 +2,7 @@
 //! broadcast to live followers.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -56,56 +57,17 @@ impl LogHub {
         let _ = std::fs::remove_dir_all(self.root.join(app));
     }
 
-    /// Copies `reader` line by line into the instance's log.
-    pub fn capture(
-        &self,
-        app: &str,
-        component: &str,
-        instance: &str,
-        stream: &'static str,
-        reader: impl AsyncRead + Unpin + Send + 'static,
-    ) {
-        let hub = self.clone();
-        let dir = self.dir(app, component);
-        let (app, component, instance) = (app.to_string(), component.to_string(), instance.to_string());
-        tokio::spawn(async move {
-            if let Err(e) = tokio::fs::create_dir_all(&dir).await {
-                tracing::warn!(error = %e, "Cannot create log directory.");
-                return;
-            }
-            let path = dir.join(format!("{instance}.log"));
-            let mut lines = BufReader::new(reader);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match (&mut lines).take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-                let truncated = buf.len() > MAX_LINE_BYTES && !buf.ends_with(b"\n");
-                if truncated {
-                    // Skip the rest of an over-long line.
-                    let mut sink = Vec::new();
-                    let _ = lines.read_until(b'\n', &mut sink).await;
-                }
-                let mut text = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
-                if truncated {
-                    text.push_str(" …[line truncated]");
-                }
-                let line = LogLine {
-                    time: jiff::Timestamp::now().to_string(),
-                    app: app.clone(),
-                    component: component.clone(),
-                    instance: instance.clone(),
-                    stream: stream.to_string(),
-                    line: text,
-                };
-                append(&path, &line).await;
-                let _ = hub.live.send(line);
-            }
-        });
+    /// Opens the log of one instance; both output streams share it.
+    pub fn writer(&self, app: &str, component: &str, instance: &str) -> LogWriter {
+        LogWriter {
+            hub: self.clone(),
+            path: self.dir(app, component).join(format!("{instance}.log")),
+            file: Arc::new(tokio::sync::Mutex::new(None)),
+            app: app.into(),
+            component: component.into(),
+            instance: instance.into(),
+        }
     }
-
     /// Reads stored lines of an app (optionally one component/instance), in time order,
     /// at or after `since` (RFC 3339), the last `tail` of them.
     pub fn read(
@@ -150,20 +112,87 @@ impl LogHub {
     }
 }
 
-fn read_dir(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+/// Appends one instance's output to its log file and to the live stream.
+#[derive(Clone)]
+pub struct LogWriter {
+    hub: LogHub,
+    path: PathBuf,
+    /// The open file and the bytes written to it, shared by stdout and stderr.
+    file: Arc<tokio::sync::Mutex<Option<(tokio::fs::File, u64)>>>,
+    app: String,
+    component: String,
+    instance: String,
 }
 
-async fn append(path: &Path, line: &LogLine) {
-    if tokio::fs::metadata(path).await.is_ok_and(|m| m.len() > MAX_LOG_BYTES) {
-        let _ = tokio::fs::rename(path, path.with_extension("log.1")).await;
+impl LogWriter {
+    /// Copies `reader` line by line into the log, until it ends.
+    pub fn capture(&self, stream: &'static str, reader: impl AsyncRead + Unpin + Send + 'static) {
+        let w = self.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(reader);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match (&mut lines).take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let truncated = buf.len() > MAX_LINE_BYTES && !buf.ends_with(b"\n");
+                if truncated {
+                    // Skip the rest of an over-long line.
+                    let mut sink = Vec::new();
+                    let _ = lines.read_until(b'\n', &mut sink).await;
+                }
+                let mut text = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
+                if truncated {
+                    text.push_str(" …[line truncated]");
+                }
+                let line = LogLine {
+                    time: jiff::Timestamp::now().to_string(),
+                    app: w.app.clone(),
+                    component: w.component.clone(),
+                    instance: w.instance.clone(),
+                    stream: stream.to_string(),
+                    line: text,
+                };
+                w.append(&line).await;
+                let _ = w.hub.live.send(line);
+            }
+        });
     }
-    let Ok(mut json) = serde_json::to_string(line) else { return };
-    json.push('\n');
-    match tokio::fs::OpenOptions::new().create(true).append(true).open(path).await {
-        Ok(mut f) => {
-            let _ = f.write_all(json.as_bytes()).await;
+
+    async fn append(&self, line: &LogLine) {
+        let Ok(mut json) = serde_json::to_string(line) else { return };
+        json.push('\n');
+        let mut guard = self.file.lock().await;
+        if guard.as_ref().is_some_and(|(_, n)| *n > MAX_LOG_BYTES) {
+            // Keep one previous file; the current one starts afresh.
+            *guard = None;
+            let _ = tokio::fs::rename(&self.path, self.path.with_extension("log.1")).await;
         }
-        Err(e) => tracing::warn!(error = %e, path = %path.display(), "Cannot write log."),
+        if guard.is_none() {
+            if let Some(dir) = self.path.parent() {
+                let _ = tokio::fs::create_dir_all(dir).await;
+            }
+            match tokio::fs::OpenOptions::new().create(true).append(true).open(&self.path).await {
+                Ok(f) => {
+                    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+                    *guard = Some((f, len));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, path = %self.path.display(), "Cannot write log.");
+                    return;
+                }
+            }
+        }
+        if let Some((f, n)) = guard.as_mut()
+            && f.write_all(json.as_bytes()).await.is_ok()
+        {
+            *n += json.len() as u64;
+        }
     }
+}
+
+fn read_dir(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
 }

@@ -478,17 +478,18 @@ impl Supervisor {
             self.started_once = true;
         }
         let may_start = !stopping && self.started_once;
-        // Restart instances whose back-off has passed.
+        // An instance waiting out its back-off is dropped when it should not run any more, or
+        // when it belongs to an older spec (the rollout replaces it with a new one); the others
+        // restart once their back-off has passed.
+        let long_running = desired.component.kind.is_long_running();
+        self.instances.retain(|i| {
+            !matches!(i.phase, Phase::BackOff(_))
+                || (may_start && !i.retiring && (!long_running || i.hash == desired.hash))
+        });
+        let now = Instant::now();
         for idx in 0..self.instances.len() {
-            if let Phase::BackOff(until) = self.instances[idx].phase {
-                if !may_start || self.instances[idx].retiring {
-                    let i = self.instances.remove(idx);
-                    drop(i);
-                    break;
-                }
-                if Instant::now() >= until {
-                    self.spawn_process(idx, desired);
-                }
+            if matches!(self.instances[idx].phase, Phase::BackOff(until) if now >= until) {
+                self.spawn_process(idx, desired);
             }
         }
         match desired.component.kind {
@@ -1081,11 +1082,12 @@ async fn watch_process(
     generation: u64,
     tx: mpsc::UnboundedSender<Msg>,
 ) {
+    let log = shared.logs.writer(&shared.app, &component, &id);
     if let Some(out) = child.stdout.take() {
-        shared.logs.capture(&shared.app, &component, &id, "stdout", out);
+        log.capture("stdout", out);
     }
     if let Some(err) = child.stderr.take() {
-        shared.logs.capture(&shared.app, &component, &id, "stderr", err);
+        log.capture("stderr", err);
     }
     let status = tokio::select! {
         status = child.wait() => status,

@@ -74,7 +74,27 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
         // Liveness of the daemon itself; reveals nothing.
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(yun_model::MAX_MANIFEST_BYTES * 2))
+        .layer(middleware::from_fn(json_errors))
         .with_state(ctx)
+}
+
+/// Every error is JSON, including those produced before a handler runs (malformed JSON or
+/// query, unknown route, body too large), so clients need one error format only.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if status.as_u16() < 400 || json {
+        return resp;
+    }
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).trim().to_string();
+    let message =
+        if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
+    (status, Json(json!({"error": message}))).into_response()
 }
 
 async fn auth(State(ctx): Shared, req: Request, next: Next) -> Response {

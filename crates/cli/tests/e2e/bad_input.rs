@@ -141,3 +141,23 @@ fn a_service_port_taken_by_another_process_is_reported() {
     drop(squatter);
     d.wait_phase("squat", "running", 30);
 }
+
+#[test]
+fn every_api_error_is_json() {
+    let d = Daemon::start();
+    let token = format!("Bearer {}", d.token());
+    let h = [("authorization", token.as_str()), ("content-type", "application/json")];
+    let mut http = Http::new(&d.api_addr());
+    for (method, path, body) in [
+        ("POST", "/api/v1/apply", "{not json"),
+        ("GET", "/api/v1/events?after=minus-one", ""),
+        ("GET", "/api/v1/no-such-route", ""),
+        ("DELETE", "/api/v1/apply", ""),
+    ] {
+        let (code, text) = http.request(method, path, &h, body).unwrap();
+        assert!(code >= 400, "{method} {path}: {code}");
+        let v: Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{method} {path}: not JSON: {text}"));
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{text}");
+    }
+}

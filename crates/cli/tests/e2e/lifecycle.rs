@@ -161,3 +161,77 @@ fn daemon_shutdown_stops_instances_and_restart_brings_them_back() {
     d.wait_phase(app, "running", 30);
     assert_eq!(app_processes(app, marker).len(), 2);
 }
+
+#[test]
+fn changing_one_component_leaves_the_others_running() {
+    let d = Daemon::start();
+    let manifest = |version: &str| {
+        format!(
+            r#"apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: pair
+spec:
+  components:
+    - name: steady
+      type: webservice
+      properties:
+        cmd: ["{TESTSVC}"]
+        env: [{{name: TEST_MARKER, value: pair}}]
+    - name: changing
+      type: webservice
+      properties:
+        cmd: ["{TESTSVC}"]
+        env: [{{name: VERSION, value: "{version}"}}, {{name: TEST_MARKER, value: pair}}]
+"#
+        )
+    };
+    d.apply("pair.yaml", &manifest("v1"));
+    let st = d.wait_phase("pair", "running", 30);
+    let pid = |st: &Value, i: usize| st["components"][i]["instances"][0]["pid"].as_u64().unwrap();
+    let (steady, changing) = (pid(&st, 0), pid(&st, 1));
+    // A diff shows exactly the change.
+    let path = d.write("pair2.yaml", &manifest("v2"));
+    let diff = d.json(&["diff", "-f", path.to_str().unwrap()]);
+    let comps = diff["apps"][0]["components"].as_array().unwrap();
+    assert_eq!(comps[0]["change"], "unchanged");
+    assert_eq!(comps[1]["change"], "changed");
+    assert_eq!(comps[1]["fields"][0]["field"], "env");
+    d.apply("pair.yaml", &manifest("v2"));
+    let st = eventually(30, "changed component rolled out", || {
+        let st = d.status("pair");
+        (st["phase"] == "running" && st["revision"] == 2 && pid(&st, 1) != changing).then_some(st)
+    });
+    assert_eq!(pid(&st, 0), steady, "the unchanged component was not restarted");
+    assert_eq!(st["components"][0]["restarts"], 0);
+}
+
+#[test]
+fn ctrl_c_on_yun_up_stops_the_app() {
+    let d = Daemon::start();
+    let (app, marker, port) = ("interactive", "interactive-marker", free_port());
+    let path = d.write("app.yaml", &webservice_app(app, marker, port, "v1", 1));
+    let mut up = std::process::Command::new(YUN)
+        .args(["up", "-f", path.to_str().unwrap()])
+        .env("YUN_HOME", d.home())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually(30, "app running", || (d.try_status(app)?["phase"] == "running").then_some(()));
+    assert_eq!(app_processes(app, marker).len(), 1);
+    // Logs stream to `yun up`'s output.
+    Http::new(&format!("127.0.0.1:{port}")).get("/").unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(up.id() as i32), nix::sys::signal::Signal::SIGINT)
+        .unwrap();
+    let status = eventually(30, "yun up exits", || up.try_wait().unwrap());
+    assert!(status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut up.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("stopped"), "{err}");
+    assert!(app_processes(app, marker).is_empty());
+    assert_eq!(d.status(app)["phase"], "stopped");
+    // `up` again starts it.
+    d.yun_ok(&["up", "-d", "-f", path.to_str().unwrap()]);
+    assert_eq!(app_processes(app, marker).len(), 1);
+}

@@ -128,6 +128,12 @@ impl Daemon {
         self.json(&["status", app])
     }
 
+    /// The app's status, or `None` while it does not exist.
+    pub fn try_status(&self, app: &str) -> Option<Value> {
+        let out = self.yun(&["status", app, "-o", "json"]);
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+    }
+
     /// Writes `manifest` to a file in the home and applies it.
     pub fn apply(&self, name: &str, manifest: &str) -> Value {
         let path = self.write(name, manifest);
