@@ -131,8 +131,8 @@ pub struct Properties {
     pub failed_jobs_history_limit: Option<u32>,
 }
 
-/// The properties each component type accepts.
-pub fn allowed_properties(component_type: &str) -> &'static [&'static str] {
+/// The properties each component type accepts (empty for unknown types).
+pub fn allowed_properties(component_type: &str) -> Vec<&'static str> {
     const COMMON: &[&str] = &[
         "image",
         "imagePullPolicy",
@@ -147,75 +147,24 @@ pub fn allowed_properties(component_type: &str) -> &'static [&'static str] {
         "livenessProbe",
         "terminationGracePeriodSeconds",
     ];
-    match component_type {
-        "webservice" => &[
-            "image",
-            "imagePullPolicy",
-            "imagePullSecrets",
-            "cmd",
-            "args",
-            "env",
-            "workdir",
-            "cpu",
-            "memory",
-            "readinessProbe",
-            "livenessProbe",
-            "terminationGracePeriodSeconds",
-            "ports",
-            "port",
-            "exposeType",
-            "labels",
-            "annotations",
-        ],
-        "worker" => COMMON,
-        "task" => &[
-            "image",
-            "imagePullPolicy",
-            "imagePullSecrets",
-            "cmd",
-            "args",
-            "env",
-            "workdir",
-            "cpu",
-            "memory",
-            "readinessProbe",
-            "livenessProbe",
-            "terminationGracePeriodSeconds",
-            "labels",
-            "annotations",
-            "count",
-            "restart",
-            "backoffLimit",
-            "activeDeadlineSeconds",
-        ],
-        "cron-task" => &[
-            "image",
-            "imagePullPolicy",
-            "imagePullSecrets",
-            "cmd",
-            "args",
-            "env",
-            "workdir",
-            "cpu",
-            "memory",
-            "readinessProbe",
-            "livenessProbe",
-            "terminationGracePeriodSeconds",
-            "labels",
-            "annotations",
-            "count",
-            "restart",
-            "backoffLimit",
-            "activeDeadlineSeconds",
-            "schedule",
-            "concurrencyPolicy",
-            "suspend",
-            "startingDeadlineSeconds",
-            "successfulJobsHistoryLimit",
-            "failedJobsHistoryLimit",
-        ],
-        _ => &[],
-    }
+    const JOB: &[&str] =
+        &["labels", "annotations", "count", "restart", "backoffLimit", "activeDeadlineSeconds"];
+    const SCHEDULE: &[&str] = &[
+        "schedule",
+        "concurrencyPolicy",
+        "suspend",
+        "startingDeadlineSeconds",
+        "successfulJobsHistoryLimit",
+        "failedJobsHistoryLimit",
+    ];
+    let extra: &[&[&str]] = match component_type {
+        "webservice" => &[&["ports", "port", "exposeType", "labels", "annotations"]],
+        "worker" => &[],
+        "task" => &[JOB],
+        "cron-task" => &[JOB, SCHEDULE],
+        _ => return Vec::new(),
+    };
+    COMMON.iter().chain(extra.iter().flat_map(|e| e.iter())).copied().collect()
 }
 
 /// KubeVela properties Yun recognises but refuses, with the reason.

@@ -496,8 +496,11 @@ impl Ctx<'_> {
             } else if let Some(reason) = spec::unsupported_property(key) {
                 self.error(&at, format!("property \"{key}\" is not supported: {reason}"));
             } else {
-                let msg =
-                    format!("unknown property \"{key}\" for a {}{}", kind.as_str(), suggestion(key, allowed));
+                let msg = format!(
+                    "unknown property \"{key}\" for a {}{}",
+                    kind.as_str(),
+                    suggestion(key, &allowed)
+                );
                 self.error(&at, msg);
             }
         }

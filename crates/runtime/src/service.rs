@@ -3,6 +3,7 @@
 //! endpoint set before they are stopped, and a request that could not be sent (connection
 //! refused, closed idle connection) is retried on another instance.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,51 +31,111 @@ const MAX_ATTEMPTS: usize = 3;
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
-/// The ready instances behind one service port.
+/// The ready instances behind one service port, with the requests in flight to each, so that
+/// an instance leaving the set can be drained before it is stopped.
 #[derive(Default)]
 pub struct Endpoints {
-    addrs: RwLock<Arc<Vec<SocketAddr>>>,
+    set: RwLock<EndpointSet>,
     changed: Notify,
     next: AtomicUsize,
 }
 
+#[derive(Default)]
+struct EndpointSet {
+    addrs: Vec<SocketAddr>,
+    /// Requests in flight by address; kept for removed addresses until they drain.
+    in_flight: HashMap<SocketAddr, Arc<AtomicUsize>>,
+}
+
+/// A request in flight to one instance; dropping it (response finished) ends it.
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Endpoints {
-    /// Replaces the set.
+    /// Replaces the set. Once this returns, no new request can pick a removed address.
     pub fn set(&self, addrs: Vec<SocketAddr>) {
-        if let Ok(mut a) = self.addrs.write()
-            && **a != addrs
+        if let Ok(mut s) = self.set.write()
+            && s.addrs != addrs
         {
-            *a = Arc::new(addrs);
+            s.in_flight.retain(|a, n| addrs.contains(a) || n.load(Ordering::Acquire) > 0);
+            for a in &addrs {
+                s.in_flight.entry(*a).or_default();
+            }
+            s.addrs = addrs;
         }
         self.changed.notify_waiters();
     }
 
-    /// The current set.
-    pub fn get(&self) -> Arc<Vec<SocketAddr>> {
-        self.addrs.read().map(|a| a.clone()).unwrap_or_default()
+    /// Requests in flight to `addr`.
+    pub fn in_flight(&self, addr: &SocketAddr) -> usize {
+        self.set
+            .read()
+            .ok()
+            .and_then(|s| s.in_flight.get(addr).map(|n| n.load(Ordering::Acquire)))
+            .unwrap_or(0)
     }
 
-    /// Next address round-robin, avoiding `tried` when possible.
-    fn pick(&self, tried: &[SocketAddr]) -> Option<SocketAddr> {
-        let addrs = self.get();
-        if addrs.is_empty() {
+    fn is_empty(&self) -> bool {
+        self.set.read().map(|s| s.addrs.is_empty()).unwrap_or(true)
+    }
+
+    /// Next address round-robin, avoiding `tried` when possible, counted in flight. Picking
+    /// and counting happen under the same lock that [`Endpoints::set`] takes to remove.
+    fn pick(&self, tried: &[SocketAddr]) -> Option<(SocketAddr, InFlight)> {
+        let s = self.set.read().ok()?;
+        if s.addrs.is_empty() {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..addrs.len()).map(|i| addrs[(start + i) % addrs.len()]).find(|a| !tried.contains(a))
+        let addr =
+            (0..s.addrs.len()).map(|i| s.addrs[(start + i) % s.addrs.len()]).find(|a| !tried.contains(a))?;
+        let counter = s.in_flight.get(&addr)?.clone();
+        counter.fetch_add(1, Ordering::AcqRel);
+        Some((addr, InFlight(counter)))
     }
 
     async fn wait_for_any(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();
-            if !self.get().is_empty() {
+            if !self.is_empty() {
                 return true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return !self.get().is_empty();
+                return !self.is_empty();
             }
         }
+    }
+}
+
+/// A response body that keeps its request counted in flight until it is finished or dropped.
+struct Tracked {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -166,7 +227,7 @@ impl Ctx {
         };
         let mut tried = Vec::new();
         loop {
-            if self.endpoints.get().is_empty() && !self.endpoints.wait_for_any(NO_ENDPOINT_WAIT).await {
+            if self.endpoints.is_empty() && !self.endpoints.wait_for_any(NO_ENDPOINT_WAIT).await {
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &format!(
@@ -176,7 +237,7 @@ impl Ctx {
                     ),
                 );
             }
-            let Some(addr) = self.endpoints.pick(&tried) else {
+            let Some((addr, in_flight)) = self.endpoints.pick(&tried) else {
                 return error(StatusCode::BAD_GATEWAY, "every instance refused the request");
             };
             tried.push(addr);
@@ -200,7 +261,10 @@ impl Ctx {
                     for h in HOP_BY_HOP {
                         p.headers.remove(*h);
                     }
-                    return Response::from_parts(p, b.boxed());
+                    return Response::from_parts(
+                        p,
+                        Tracked { inner: b.boxed(), _in_flight: in_flight }.boxed(),
+                    );
                 }
                 Err(e) => {
                     // Only a request that never reached the instance may be sent again.

@@ -169,6 +169,8 @@ struct Instance {
     stop: Option<oneshot::Sender<()>>,
     probes: Option<tokio::task::AbortHandle>,
     retiring: bool,
+    /// When the instance left the endpoint set.
+    drain_since: Option<Instant>,
 }
 
 struct Run {
@@ -289,6 +291,10 @@ impl Supervisor {
     fn next_wake(&self) -> tokio::time::Instant {
         let now = Instant::now();
         let mut wake = now + Duration::from_secs(1);
+        if self.instances.iter().any(|i| i.retiring && i.stop.is_some()) {
+            // Draining: look again soon.
+            wake = now + Duration::from_millis(20);
+        }
         for i in &self.instances {
             if let Phase::BackOff(until) = i.phase {
                 wake = wake.min(until);
@@ -513,6 +519,7 @@ impl Supervisor {
             }
         }
         self.enforce_deadlines(desired);
+        self.finish_retirements(desired);
         self.publish(desired);
     }
 
@@ -745,27 +752,40 @@ impl Supervisor {
         }
     }
 
-    /// Takes an instance out of traffic, then stops it.
+    /// Takes an instance out of traffic; [`Supervisor::finish_retirements`] stops it once its
+    /// in-flight requests have drained.
     fn retire(&mut self, k: usize) {
         let i = &mut self.instances[k];
         i.retiring = true;
         i.ready = false;
+        i.drain_since = Some(Instant::now());
         if let Some(p) = i.probes.take() {
             p.abort();
         }
-        match i.stop.take() {
-            Some(stop) => {
+    }
+
+    /// Stops retiring instances whose requests have drained (or whose drain time, the
+    /// termination grace period, is up), and forgets those that were not running.
+    fn finish_retirements(&mut self, desired: &Desired) {
+        // Endpoint removals are published before anything is signalled.
+        self.publish_endpoints();
+        let drain = Duration::from_secs(desired.component.termination_grace_period_seconds as u64);
+        let ports = &self.ports;
+        for i in self.instances.iter_mut().filter(|i| i.retiring && i.stop.is_some()) {
+            let drained = i
+                .ports
+                .iter()
+                .zip(ports)
+                .all(|((_, p), sp)| sp.endpoints.in_flight(&SocketAddr::from(([127, 0, 0, 1], *p))) == 0);
+            let overdue = i.drain_since.is_none_or(|t| t.elapsed() >= drain);
+            if drained || overdue {
                 i.phase = Phase::Stopping;
-                // Publish the endpoint removal before the signal is sent.
-                self.publish_endpoints();
-                let _ = stop.send(());
+                if let Some(stop) = i.stop.take() {
+                    let _ = stop.send(());
+                }
             }
-            None if i.pid.is_none() => {
-                // Never started or already exited: nothing to stop.
-                self.instances.remove(k);
-            }
-            None => i.phase = Phase::Stopping,
         }
+        self.instances.retain(|i| !(i.retiring && i.stop.is_none() && i.pid.is_none()));
     }
 
     fn start_instance(&mut self, desired: &Desired, run: u64) {
@@ -793,6 +813,7 @@ impl Supervisor {
             stop: None,
             probes: None,
             retiring: false,
+            drain_since: None,
         });
         let idx = self.instances.len() - 1;
         self.spawn_process(idx, desired);

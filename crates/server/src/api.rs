@@ -120,6 +120,24 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// An audit event for a change a user made through the API.
+fn user_event(
+    headers: &HeaderMap,
+    app: &str,
+    component: Option<&str>,
+    reason: &str,
+    message: String,
+) -> NewEvent {
+    NewEvent {
+        app: Some(app.to_string()),
+        component: component.map(str::to_string),
+        warning: false,
+        reason: reason.into(),
+        actor: actor(headers),
+        message,
+    }
+}
+
 /// `user:<name>` from the client's `X-Yun-Actor` header, sanitised.
 fn actor(headers: &HeaderMap) -> String {
     let name: String = headers
@@ -268,14 +286,7 @@ async fn delete_app(
     Path(name): Path<String>,
     Query(q): Query<WaitQuery>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let event = NewEvent {
-        app: Some(name.clone()),
-        component: None,
-        warning: false,
-        reason: "DeleteRequested".into(),
-        actor: actor(&headers),
-        message: "application deletion requested".into(),
-    };
+    let event = user_event(&headers, &name, None, "DeleteRequested", "application deletion requested".into());
     ctx.store.update_app(&name, Some(event), |r| {
         r.deleting = true;
         Ok(())
@@ -372,14 +383,8 @@ async fn scale(
             ),
         ));
     }
-    let event = NewEvent {
-        app: Some(name.clone()),
-        component: Some(body.component.clone()),
-        warning: false,
-        reason: "Scaled".into(),
-        actor: actor(&headers),
-        message: format!("scaled to {} replicas", body.replicas),
-    };
+    let message = format!("scaled to {} replicas", body.replicas);
+    let event = user_event(&headers, &name, Some(&body.component), "Scaled", message);
     ctx.store.update_app(&name, Some(event), |r| {
         r.scale.insert(body.component.clone(), body.replicas);
         Ok(())
@@ -389,14 +394,7 @@ async fn scale(
 }
 
 async fn stop(State(ctx): Shared, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
-    let event = NewEvent {
-        app: Some(name.clone()),
-        component: None,
-        warning: false,
-        reason: "Stopped".into(),
-        actor: actor(&headers),
-        message: "application stopped".into(),
-    };
+    let event = user_event(&headers, &name, None, "Stopped", "application stopped".into());
     ctx.store.update_app(&name, Some(event), |r| {
         r.stopped = true;
         Ok(())

@@ -89,7 +89,16 @@ spec:
             .count()
     };
     assert_eq!(started(&d), 2);
-    // After a daemon crash the completed task stays completed and does not run again.
+    // Completion is durable once its event is in the log (they are written together); from
+    // then on, a daemon crash does not make the task run again.
+    eventually(10, "completion recorded", || {
+        let events = d.json(&["events", "tasks", "--limit", "1000"]);
+        let recorded = events["events"]
+            .as_array()?
+            .iter()
+            .any(|e| e["component"] == "good" && e["reason"] == "RunSucceeded");
+        recorded.then_some(())
+    });
     d.kill9();
     d.spawn();
     let st = d.wait_phase("tasks", "failed", 30);
