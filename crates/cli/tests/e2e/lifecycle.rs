@@ -21,7 +21,7 @@ fn version_of(body: &str) -> String {
 #[test]
 fn full_lifecycle_of_a_webservice() {
     let mut d = Daemon::start();
-    let (app, marker, port) = ("life", "life-marker", free_port());
+    let (app, marker, port) = ("life", &unique("life"), free_port());
     let addr = format!("127.0.0.1:{port}");
 
     // up → ready → answers through the stable address.
@@ -151,7 +151,7 @@ fn full_lifecycle_of_a_webservice() {
 #[test]
 fn daemon_shutdown_stops_instances_and_restart_brings_them_back() {
     let mut d = Daemon::start();
-    let (app, marker, port) = ("restart", "restart-marker", free_port());
+    let (app, marker, port) = ("restart", &unique("restart"), free_port());
     d.apply("app.yaml", &webservice_app(app, marker, port, "v1", 2));
     d.wait_phase(app, "running", 30);
     assert_eq!(app_processes(app, marker).len(), 2);
@@ -209,7 +209,7 @@ spec:
 #[test]
 fn ctrl_c_on_yun_up_stops_the_app() {
     let d = Daemon::start();
-    let (app, marker, port) = ("interactive", "interactive-marker", free_port());
+    let (app, marker, port) = ("interactive", &unique("interactive"), free_port());
     let path = d.write("app.yaml", &webservice_app(app, marker, port, "v1", 1));
     let mut up = std::process::Command::new(YUN)
         .args(["up", "-f", path.to_str().unwrap()])
