@@ -9,7 +9,6 @@
 mod logs;
 mod probe;
 mod process;
-mod service;
 mod supervisor;
 
 use std::collections::{BTreeMap, HashMap};
@@ -22,8 +21,8 @@ use tokio::task::JoinHandle;
 use yun_model::{App, ComponentKind, service_env_prefix};
 
 pub use logs::{LogHub, LogLine, MAX_LOG_BYTES};
-pub use service::NO_ENDPOINT_WAIT;
 pub use supervisor::{ComponentStatus, InstanceStatus, RunStatus};
+pub use yun_proxy::NO_ENDPOINT_WAIT;
 
 use supervisor::{Desired, Shared, Supervisor};
 

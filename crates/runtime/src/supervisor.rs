@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use yun_model::{Component, ComponentKind, ConcurrencyPolicy, Probe, RestartPolicy};
 
 use crate::process::{self, PidFiles};
-use crate::service::{self, ServicePort};
 use crate::{LogHub, RuntimeEvent};
+use yun_proxy::ServicePort;
 
 /// Desired state of one component, computed by the app actor.
 #[derive(Debug, Clone, PartialEq)]
@@ -531,7 +531,7 @@ impl Supervisor {
             if self.ports.iter().any(|p| p.port == *port) {
                 continue;
             }
-            match service::bind(*port, self.name.clone()).await {
+            match yun_proxy::bind(*port, self.name.clone(), yun_proxy::PortConfig::default()).await {
                 Ok(p) => self.ports.push(p),
                 Err(e) => errors.push(format!("cannot listen on service port {port}: {e}")),
             }

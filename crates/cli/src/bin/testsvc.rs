@@ -1,114 +1,193 @@
-//! A small HTTP service for Yun's end-to-end tests: it answers on `$PORT`, reports who it is,
-//! and can be told to fail, slow down or exit.
+//! A small service for Yun's end-to-end tests and benchmarks: HTTP/1.1 and HTTP/2 (h2c) on
+//! `$PORT`, reporting who it is, and able to be told to fail, slow down or exit.
 //!
-//! - `GET /` → `{"instance": $YUN_INSTANCE, "revision": $YUN_REVISION, "version": $VERSION}`
+//! - `GET /` → `{"instance", "revision", "version", "pid"}`
 //! - `GET /healthz` → 200, or 503 after `POST /unhealthy`
 //! - `GET /env/NAME` → the value of an environment variable
+//! - `GET /status/CODE` → an empty response with that status
+//! - `GET /sleep/MS` → answers after MS milliseconds
+//! - `POST /echo` → the request body, streamed back
+//! - `GET /upgrade` with `Connection: upgrade` and `Upgrade: echo` → 101, then echoes bytes
+//! - `GET /trailers` → a body with an HTTP/2 trailer `x-checksum: done`
 //! - `POST /exit` → the process exits with code 3
+//! - `POST /break` → from now on every request but `/healthz` and `/count` answers 500
+//! - `GET /count` → how many requests this instance has received
 //!
-//! Environment: `PORT` (required), `VERSION`, `STARTUP_DELAY_MS` (sleep before listening),
-//! `FAIL_AT_START` (exit 1 at once).
+//! Environment: `PORT` (required), `VERSION`, `STARTUP_DELAY_MS`, `FAIL_AT_START` (exit 1),
+//! `FAIL_EVERY=N` (every Nth request answers 500), `DELAY_MS` (every request waits),
+//! `MODE=garbage` (answer every connection with bytes that are not HTTP).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-fn main() {
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+struct State {
+    unhealthy: AtomicBool,
+    broken: AtomicBool,
+    requests: AtomicU64,
+    fail_every: u64,
+    delay: Duration,
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_default()
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
     if std::env::var_os("FAIL_AT_START").is_some() {
         eprintln!("failing at start as asked");
         std::process::exit(1);
     }
-    if let Some(ms) = std::env::var("STARTUP_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
-        std::thread::sleep(Duration::from_millis(ms));
+    if let Ok(ms) = env("STARTUP_DELAY_MS").parse() {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
-    let listener = TcpListener::bind(format!("127.0.0.1:{port}")).expect("bind");
+    let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await.expect("bind");
     println!("testsvc listening on {port}");
-    let unhealthy = Arc::new(AtomicBool::new(false));
-    // SIGTERM: the default action ends the process; in-flight requests are short.
-    for stream in listener.incoming().flatten() {
-        let unhealthy = unhealthy.clone();
-        std::thread::spawn(move || serve(stream, &unhealthy));
-    }
-}
-
-fn serve(mut stream: TcpStream, unhealthy: &AtomicBool) {
-    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let state = Arc::new(State {
+        unhealthy: AtomicBool::new(false),
+        broken: AtomicBool::new(false),
+        requests: AtomicU64::new(0),
+        fail_every: env("FAIL_EVERY").parse().unwrap_or(0),
+        delay: Duration::from_millis(env("DELAY_MS").parse().unwrap_or(0)),
+    });
+    let garbage = env("MODE") == "garbage";
     loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-            return;
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        if garbage {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream.write_all(b"\x00\x01 this is not HTTP \xff\xfe\r\n\r\n").await;
+            });
+            continue;
         }
-        let mut content_length = 0usize;
-        let mut close = false;
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            let lower = h.to_ascii_lowercase();
-            if let Some(v) = lower.strip_prefix("content-length:") {
-                content_length = v.trim().parse().unwrap_or(0);
-            }
-            if lower == "connection: close" {
-                close = true;
-            }
-        }
-        let mut body = vec![0u8; content_length];
-        let _ = reader.read_exact(&mut body);
-        let mut parts = request_line.split_whitespace();
-        let method = parts.next().unwrap_or("");
-        let path = parts.next().unwrap_or("/");
-        let (status, text) = match (method, path) {
-            ("GET", "/healthz") if unhealthy.load(Ordering::SeqCst) => (503, "unhealthy".to_string()),
-            ("GET", "/healthz") => (200, "ok".to_string()),
-            ("POST", "/unhealthy") => {
-                unhealthy.store(true, Ordering::SeqCst);
-                (200, "ok".into())
-            }
-            ("POST", "/exit") => {
-                let _ = respond(&mut stream, 200, "bye", true);
-                std::process::exit(3);
-            }
-            ("GET", p) if p.starts_with("/env/") => (200, std::env::var(&p[5..]).unwrap_or_default()),
-            ("GET", "/") => {
-                let v = |k: &str| std::env::var(k).unwrap_or_default();
-                (
-                    200,
-                    format!(
-                        "{{\"instance\":\"{}\",\"revision\":\"{}\",\"version\":\"{}\",\"pid\":{}}}",
-                        v("YUN_INSTANCE"),
-                        v("YUN_REVISION"),
-                        v("VERSION"),
-                        std::process::id()
-                    ),
-                )
-            }
-            _ => (404, "not found".into()),
-        };
-        if respond(&mut stream, status, &text, close).is_err() || close {
-            return;
-        }
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(req, &state).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .await;
+        });
     }
 }
 
-fn respond(stream: &mut TcpStream, status: u16, body: &str, close: bool) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        404 => "Not Found",
-        _ => "Service Unavailable",
-    };
-    let conn = if close { "close" } else { "keep-alive" };
-    write!(
-        stream,
-        "HTTP/1.1 {status} {reason}\r\ncontent-length: {}\r\nconnection: {conn}\r\n\r\n{body}",
-        body.len()
-    )?;
-    stream.flush()
+fn text(status: u16, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).map_err(|n| match n {}).boxed());
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r
+}
+
+async fn handle(mut req: Request<Incoming>, state: &State) -> Response<Body> {
+    let n = state.requests.fetch_add(1, Ordering::SeqCst) + 1;
+    if !state.delay.is_zero() {
+        tokio::time::sleep(state.delay).await;
+    }
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let exempt = path == "/healthz" || path == "/count";
+    if !exempt
+        && (state.broken.load(Ordering::SeqCst)
+            || (state.fail_every > 0 && n.is_multiple_of(state.fail_every)))
+    {
+        return text(500, "failing as asked");
+    }
+    match (method.as_str(), path.as_str()) {
+        ("GET", "/healthz") if state.unhealthy.load(Ordering::SeqCst) => text(503, "unhealthy"),
+        ("GET", "/healthz") => text(200, "ok"),
+        ("GET", "/count") => text(200, n.to_string()),
+        ("POST", "/break") => {
+            state.broken.store(true, Ordering::SeqCst);
+            text(200, "broken")
+        }
+        ("POST", "/unhealthy") => {
+            state.unhealthy.store(true, Ordering::SeqCst);
+            text(200, "ok")
+        }
+        ("POST", "/exit") => {
+            tokio::spawn(async {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                std::process::exit(3);
+            });
+            text(200, "bye")
+        }
+        ("GET", p) if p.starts_with("/env/") => text(200, env(&p[5..])),
+        ("GET", p) if p.starts_with("/status/") => text(p[8..].parse().unwrap_or(500), ""),
+        ("GET", p) if p.starts_with("/sleep/") => {
+            tokio::time::sleep(Duration::from_millis(p[7..].parse().unwrap_or(0))).await;
+            text(200, "slept")
+        }
+        ("POST", "/echo") => Response::new(req.into_body().boxed()),
+        ("GET", "/trailers") => {
+            let frames = vec![
+                Ok::<_, hyper::Error>(Frame::data(Bytes::from_static(b"payload"))),
+                Ok(Frame::trailers({
+                    let mut t = hyper::HeaderMap::new();
+                    t.insert("x-checksum", hyper::header::HeaderValue::from_static("done"));
+                    t
+                })),
+            ];
+            Response::new(StreamBody::new(futures_stream(frames)).boxed())
+        }
+        ("GET", "/upgrade") => {
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(up) = on.await {
+                    let mut io = TokioIo::new(up);
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            let mut r = text(101, "");
+            r.headers_mut().insert("connection", "upgrade".parse().expect("static"));
+            r.headers_mut().insert("upgrade", "echo".parse().expect("static"));
+            r
+        }
+        ("GET", "/") => {
+            let body = serde_json::json!({
+                "instance": env("YUN_INSTANCE"),
+                "revision": env("YUN_REVISION"),
+                "version": env("VERSION"),
+                "pid": std::process::id(),
+                "http": format!("{:?}", req.version()),
+            });
+            text(200, body.to_string())
+        }
+        _ => text(404, "not found"),
+    }
+}
+
+/// A stream over a fixed list of frames.
+fn futures_stream(
+    frames: Vec<Result<Frame<Bytes>, hyper::Error>>,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, hyper::Error>> {
+    struct Iter(std::vec::IntoIter<Result<Frame<Bytes>, hyper::Error>>);
+    impl futures_core::Stream for Iter {
+        type Item = Result<Frame<Bytes>, hyper::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            std::task::Poll::Ready(self.0.next())
+        }
+    }
+    Iter(frames.into_iter())
 }

@@ -1,0 +1,182 @@
+//! The data plane through the real binary: protocols pass intact, bad input stays contained,
+//! bad instances are avoided.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use crate::support::*;
+
+fn app_with(name: &str, port: u16, replicas: u32, extra_env: &str) -> String {
+    format!(
+        r#"apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: {name}
+spec:
+  components:
+    - name: api
+      type: webservice
+      properties:
+        cmd: ["{TESTSVC}"]
+        ports: [{{port: {port}}}]
+        env: [{{name: TEST_MARKER, value: "{name}"}}{extra_env}]
+      traits:
+        - type: scaler
+          properties: {{replicas: {replicas}}}
+"#
+    )
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+#[test]
+fn http2_with_trailers_passes_through() {
+    let d = Daemon::start();
+    let port = free_port();
+    d.apply("h2.yaml", &app_with("h2", port, 1, ""));
+    d.wait_phase("h2", "running", 30);
+    runtime().block_on(async {
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http::<Full<Bytes>>();
+        let resp = client.get(format!("http://127.0.0.1:{port}/").parse().unwrap()).await.unwrap();
+        assert_eq!(resp.version(), hyper::Version::HTTP_2);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["http"], "HTTP/2.0", "the instance was reached over HTTP/2 too");
+        let resp = client.get(format!("http://127.0.0.1:{port}/trailers").parse().unwrap()).await.unwrap();
+        let collected = resp.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().expect("trailers arrive");
+        assert_eq!(trailers["x-checksum"], "done");
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"payload"));
+    });
+}
+
+#[test]
+fn upgrades_and_large_streamed_bodies_pass_through() {
+    let d = Daemon::start();
+    let port = free_port();
+    d.apply("up.yaml", &app_with("upg", port, 1, ""));
+    d.wait_phase("upg", "running", 30);
+
+    // An HTTP/1.1 upgrade (as WebSocket uses) is spliced through both ways.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /upgrade HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    for msg in [&b"ping"[..], b"a longer message over the upgraded connection"] {
+        s.write_all(msg).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(got, msg);
+    }
+
+    // 16 MiB streamed in chunks comes back byte for byte.
+    runtime().block_on(async {
+        let chunk: Vec<u8> = (0..=255u8).cycle().take(64 * 1024).collect();
+        let chunks: Vec<Result<hyper::body::Frame<Bytes>, std::io::Error>> =
+            (0..256).map(|_| Ok(hyper::body::Frame::data(Bytes::from(chunk.clone())))).collect();
+        let body = StreamBody::new(tokio_stream_iter(chunks));
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+        let req = hyper::Request::post(format!("http://127.0.0.1:{port}/echo")).body(body).unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let got = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(got.len(), 16 * 1024 * 1024);
+        assert!(got.chunks(chunk.len()).all(|c| c == &chunk[..]));
+    });
+}
+
+fn tokio_stream_iter<T: Unpin>(items: Vec<T>) -> impl futures_core::Stream<Item = T> {
+    struct Iter<T>(std::vec::IntoIter<T>);
+    impl<T: Unpin> futures_core::Stream for Iter<T> {
+        type Item = T;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<T>> {
+            std::task::Poll::Ready(self.0.next())
+        }
+    }
+    Iter(items.into_iter())
+}
+
+#[test]
+fn malformed_requests_get_400_and_never_reach_an_instance() {
+    let d = Daemon::start();
+    let port = free_port();
+    d.apply("bad.yaml", &app_with("malformed", port, 1, ""));
+    d.wait_phase("malformed", "running", 30);
+    let count = || Http::new(&format!("127.0.0.1:{port}")).get("/count").unwrap().1.parse::<u64>().unwrap();
+    let before = count();
+    for garbage in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nbad header line\r\n\r\n",
+        b"GET / HTTP/1.1\r\ncontent-length: nope\r\n\r\n",
+    ] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(garbage).unwrap();
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        assert!(resp.starts_with("HTTP/1.1 400"), "{garbage:?} → {resp:?}");
+    }
+    // Only the second /count itself reached the instance.
+    assert_eq!(count(), before + 1);
+}
+
+#[test]
+fn an_upstream_sending_garbage_fails_only_its_own_requests() {
+    let d = Daemon::start();
+    let (bad_port, good_port) = (free_port(), free_port());
+    d.apply("garbage.yaml", &app_with("garbage", bad_port, 1, r#", {name: MODE, value: garbage}"#));
+    d.apply("fine.yaml", &app_with("fine", good_port, 1, ""));
+    d.wait_phase("fine", "running", 30);
+    d.wait_phase("garbage", "running", 30);
+    let mut bad = Http::new(&format!("127.0.0.1:{bad_port}"));
+    for _ in 0..3 {
+        let (code, body) = bad.get("/").unwrap();
+        assert_eq!(code, 502, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["source"], "yun");
+    }
+    // The same client connection to the proxy still works, and other services are unaffected.
+    let mut good = Http::new(&format!("127.0.0.1:{good_port}"));
+    assert_eq!(good.get("/").unwrap().0, 200);
+}
+
+#[test]
+fn a_failing_instance_is_ejected_while_traffic_flows() {
+    let d = Daemon::start();
+    let port = free_port();
+    d.apply("eject.yaml", &app_with("eject", port, 3, ""));
+    eventually(30, "3 ready", || (d.status("eject")["components"][0]["ready"] == 3).then_some(()));
+    // Break one instance: it stays ready (its health check passes) but answers 500.
+    let st = d.status("eject");
+    let victim_port = st["components"][0]["instances"][0]["ports"][0].as_u64().unwrap();
+    let (code, _) =
+        Http::new(&format!("127.0.0.1:{victim_port}")).request("POST", "/break", &[], "").unwrap();
+    assert_eq!(code, 200);
+    let mut http = Http::new(&format!("127.0.0.1:{port}"));
+    let total = 2000;
+    let failed = (0..total).filter(|_| http.get("/").map(|r| r.0 != 200).unwrap_or(true)).count();
+    assert!(failed * 100 < total, "{failed} of {total} failed");
+    // yun_proxy::EJECT_AFTER_FAILURES consecutive failures eject the instance.
+    assert!(failed <= 5, "failures stop once the instance is ejected: {failed}");
+}

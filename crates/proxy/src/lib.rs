@@ -1,0 +1,91 @@
+//! Yun's data plane. Every webservice port gets a stable loopback address owned by the daemon
+//! (a [`ServicePort`]); each request through it is balanced over ready instances
+//! ([`Endpoints`]), guarded by the component's resilience policies, and measured.
+//!
+//! Read [`bind`] and `forward.rs` first. The proxy knows nothing of processes or the store: the
+//! runtime tells it which instances are ready ([`Endpoints::set`]) and which policies apply
+//! ([`ServicePort::configure`]), both changeable at any time without dropping requests.
+
+mod endpoints;
+mod forward;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use endpoints::{BASE_EJECTION, Balancer, EJECT_AFTER_FAILURES, Endpoints, Lease, MAX_EJECTION};
+
+/// How long a request waits for a ready instance before it gets 503.
+pub const NO_ENDPOINT_WAIT: Duration = Duration::from_secs(30);
+
+/// What a service port does with requests; replaced atomically by [`ServicePort::configure`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PortConfig {
+    /// Endpoint choice.
+    pub balancer: Balancer,
+}
+
+/// A bound service port and its forwarding task; dropping it closes the port.
+pub struct ServicePort {
+    /// The port, on 127.0.0.1.
+    pub port: u16,
+    /// Ready instances behind it.
+    pub endpoints: Arc<Endpoints>,
+    config: Arc<RwLock<Arc<PortConfig>>>,
+    task: JoinHandle<()>,
+}
+
+impl ServicePort {
+    /// Applies new settings to requests that start from now on; requests in flight finish
+    /// under the settings they started with.
+    pub fn configure(&self, config: PortConfig) {
+        if let Ok(mut c) = self.config.write()
+            && **c != config
+        {
+            *c = Arc::new(config);
+        }
+    }
+}
+
+impl Drop for ServicePort {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Binds `127.0.0.1:port` and starts forwarding to the endpoints of `component`.
+pub async fn bind(port: u16, component: String, config: PortConfig) -> std::io::Result<ServicePort> {
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    let endpoints = Arc::new(Endpoints::default());
+    let config = Arc::new(RwLock::new(Arc::new(config)));
+    let proxy = Arc::new(forward::Proxy::new(component, endpoints.clone(), config.clone()));
+    let task = tokio::spawn(async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "Accept failed.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let proxy = proxy.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let proxy = proxy.clone();
+                    async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(ServicePort { port, endpoints, config, task })
+}
