@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 pub use crate::spec::{ConcurrencyPolicy, Port, Probe, RestartPolicy};
 
 /// A validated application. Build one with [`crate::parse_manifest`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct App {
     /// Application name (DNS label).
     pub name: String,
@@ -54,7 +54,7 @@ impl ComponentKind {
 }
 
 /// One component, with its traits applied.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Component {
     /// Component name, unique in the app (DNS label).
     pub name: String,
@@ -103,14 +103,18 @@ pub struct Component {
     /// Schedule (cron-task).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleSpec>,
+    /// Traffic policies of the service address (from the `resilience` trait).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resilience: Option<crate::resilience::Resilience>,
 }
 
 impl Component {
-    /// A hash of everything that affects how instances run. Replicas are left out: scaling
-    /// is not a rollout.
+    /// A hash of everything that affects how instances run. Replicas and traffic policies are
+    /// left out: scaling and policy changes apply without replacing instances.
     pub fn spec_hash(&self) -> String {
         let mut c = self.clone();
         c.replicas = 0;
+        c.resilience = None;
         content_hash(&c)
     }
 }

@@ -6,12 +6,17 @@
 
 mod app;
 pub mod cron;
+mod resilience;
 mod schema;
 mod spec;
 mod validate;
 mod yaml;
 
 pub use app::{App, Component, ComponentKind, JobSpec, ScheduleSpec, service_env_prefix};
+pub use resilience::{
+    BreakerStrategy, CircuitBreaker, Concurrency, Dur, Policy, RateBehavior, RateLimit, Resilience, Retries,
+    RetryOn, Route, RouteMatch,
+};
 pub use schema::application_schema;
 pub use spec::{
     ConcurrencyPolicy, ExecAction, HttpGetAction, HttpHeader, Port, Probe, Protocol, RestartPolicy,

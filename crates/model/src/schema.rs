@@ -29,6 +29,7 @@ pub fn application_schema() -> Value {
         ("env", to_value::<EnvTrait>()),
         ("labels", to_value::<MetadataTrait>()),
         ("annotations", to_value::<MetadataTrait>()),
+        ("resilience", to_value::<crate::resilience::ResilienceProperties>()),
     ]
     .into_iter()
     .map(|(t, s)| {
@@ -38,7 +39,7 @@ pub fn application_schema() -> Value {
         })
     })
     .collect();
-    json!({
+    let mut schema = json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "Yun Application (KubeVela core.oam.dev/v1beta1)",
         "type": "object",
@@ -94,7 +95,33 @@ pub fn application_schema() -> Value {
                 }
             }
         }
-    })
+    });
+    hoist_defs(&mut schema);
+    schema
+}
+
+/// Moves every nested `$defs` to the root, where the `#/$defs/...` references point.
+fn hoist_defs(schema: &mut Value) {
+    fn take(v: &mut Value, into: &mut serde_json::Map<String, Value>) {
+        match v {
+            Value::Object(map) => {
+                if let Some(Value::Object(defs)) = map.remove("$defs") {
+                    for (k, mut d) in defs {
+                        take(&mut d, into);
+                        into.insert(k, d);
+                    }
+                }
+                for child in map.values_mut() {
+                    take(child, into);
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|i| take(i, into)),
+            _ => {}
+        }
+    }
+    let mut defs = serde_json::Map::new();
+    take(schema, &mut defs);
+    schema["$defs"] = Value::Object(defs);
 }
 
 fn to_value<T: JsonSchema>() -> Value {
@@ -104,6 +131,18 @@ fn to_value<T: JsonSchema>() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_reference_resolves_at_the_root() {
+        let schema = application_schema();
+        let text = schema.to_string();
+        let defs = schema["$defs"].as_object().unwrap();
+        for piece in text.split("\"$ref\":\"#/$defs/").skip(1) {
+            let name = &piece[..piece.find('"').unwrap()];
+            assert!(defs.contains_key(name), "dangling $ref {name}");
+        }
+        assert_eq!(text.matches("\"$defs\"").count(), 1, "only the root has $defs");
+    }
 
     #[test]
     fn schema_lists_exactly_the_allowed_properties_per_type() {

@@ -245,3 +245,100 @@ fn real_kubevela_examples_are_judged_cleanly() {
     }
     assert!(accepted > 0, "no real KubeVela example was accepted");
 }
+
+fn with_resilience(props: &str) -> String {
+    GOOD.replace(
+        "        - type: labels\n          properties:\n            tier: web\n",
+        &format!("        - type: labels\n          properties:\n            tier: web\n        - type: resilience\n          properties:\n{props}"),
+    )
+}
+
+#[test]
+fn resilience_trait_is_parsed_with_defaults() {
+    let src = with_resilience(
+        "            timeout: 2s\n            retries: {attempts: 3}\n            circuitBreaker: {strategy: errorRatio, threshold: 0.5}\n            rateLimit: {qps: 100, behavior: warmUp, coldFactor: 4}\n            concurrency: {limit: 10, queue: 5, queueTimeout: 200ms}\n            routes:\n              - match: {pathPrefix: /slow, methods: [GET]}\n                timeout: 10s\n",
+    );
+    let app = parse_manifest(&src, None, Target::Local).unwrap().apps.remove(0);
+    let r = app.component("frontend").unwrap().resilience.clone().unwrap();
+    assert_eq!(r.policy.timeout.unwrap().0, std::time::Duration::from_secs(2));
+    let retries = r.policy.retries.unwrap();
+    assert_eq!((retries.attempts, retries.budget_ratio), (3, 0.2));
+    assert_eq!(retries.on, vec![RetryOn::ConnectFailure, RetryOn::GatewayError]);
+    assert_eq!(r.policy.circuit_breaker.unwrap().min_requests, 5);
+    assert_eq!(r.routes[0].matches.path_prefix.as_deref(), Some("/slow"));
+    assert_eq!(r.routes[0].policy.timeout.unwrap().0, std::time::Duration::from_secs(10));
+    // Policies are not part of the spec hash: changing them replaces no instance.
+    let plain = parse_manifest(GOOD, None, Target::Local).unwrap().apps.remove(0);
+    assert_eq!(
+        plain.component("frontend").unwrap().spec_hash(),
+        app.component("frontend").unwrap().spec_hash()
+    );
+    assert_ne!(plain.content_hash(), app.content_hash());
+}
+
+#[test]
+fn contradictory_and_out_of_range_policies_are_refused_with_paths() {
+    let at = "spec.components[0].traits[3].properties";
+    let cases = [
+        ("            timeout: 1s\n            perTryTimeout: 2s\n", "perTryTimeout", "longer than timeout"),
+        ("            timeout: soon\n", "timeout", "invalid duration"),
+        (
+            "            retries: {backoffBase: 1s, backoffMax: 100ms}\n",
+            "retries.backoffBase",
+            "longer than backoffMax",
+        ),
+        ("            retries: {on: [timeout]}\n", "retries.on", "perTryTimeout"),
+        ("            retries: {on: [sometimes]}\n", "retries.on[0]", "unknown variant"),
+        (
+            "            circuitBreaker: {strategy: errorRatio, threshold: 2}\n",
+            "circuitBreaker.threshold",
+            "between 0 and 1",
+        ),
+        (
+            "            circuitBreaker: {strategy: slowRatio, threshold: 0.5}\n",
+            "circuitBreaker.slowCallThreshold",
+            "needs slowCallThreshold",
+        ),
+        ("            rateLimit: {qps: 0}\n", "rateLimit.qps", "above 0"),
+        ("            rateLimit: {qps: 10, coldFactor: 3}\n", "rateLimit", "behavior: warmUp"),
+        (
+            "            rateLimit: {qps: 10, behavior: warmUp, coldFactor: 1}\n",
+            "rateLimit.coldFactor",
+            "above 1",
+        ),
+        (
+            "            rateLimit: {qps: 10, maxQueueingTime: 1s}\n",
+            "rateLimit.maxQueueingTime",
+            "behavior: queue",
+        ),
+        ("            concurrency: {limit: 0}\n", "concurrency.limit", "between 1"),
+        (
+            "            concurrency: {limit: 2, queueTimeout: 1s}\n",
+            "concurrency.queueTimeout",
+            "queue above 0",
+        ),
+        ("            retrys: {}\n", "retrys", "unknown field"),
+        ("            routes:\n              - {timeout: 1s}\n", "routes[0]", "needs \"match\""),
+        (
+            "            routes:\n              - match: {pathPrefix: api}\n",
+            "routes[0].match.pathPrefix",
+            "start with '/'",
+        ),
+        (
+            "            routes:\n              - match: {methods: [FETCH]}\n",
+            "routes[0].match.methods[0]",
+            "unknown method",
+        ),
+    ];
+    for (props, field, needle) in cases {
+        let d = errors(&with_resilience(props));
+        assert!(has(&d, &format!("{at}.{field}"), needle), "{field}: {d:#?}");
+    }
+    // Only webservices have an address to guard.
+    let src = GOOD.replace(
+        "        cmd: [\"./shop\", \"worker\"]\n",
+        "        cmd: [\"./shop\", \"worker\"]\n      traits: [{type: resilience, properties: {timeout: 1s}}]\n",
+    );
+    let d = errors(&src);
+    assert!(d.iter().any(|x| x.message.contains("applies to requests to a webservice")), "{d:#?}");
+}

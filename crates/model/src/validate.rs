@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::app::{App, Component, ComponentKind, JobSpec, ScheduleSpec};
+use crate::resilience::{Policy, Resilience, Route, RouteMatch};
 use crate::spec::{self, EnvTrait, MetadataTrait, Probe, Properties, Protocol, ScalerTrait};
 use crate::yaml::{self, Document, Pos};
 
@@ -627,6 +628,7 @@ impl Ctx<'_> {
             termination_grace_period_seconds: p.termination_grace_period_seconds.unwrap_or(10),
             job,
             schedule,
+            resilience: None,
         }
     }
 
@@ -779,6 +781,19 @@ impl Ctx<'_> {
                         component.env.extend(t.env);
                     }
                 }
+                "resilience" => {
+                    if component.kind != ComponentKind::Webservice {
+                        self.error(
+                            &join(&at, "type"),
+                            format!(
+                                "\"resilience\" applies to requests to a webservice's address; a {} has none",
+                                component.kind.as_str()
+                            ),
+                        );
+                    } else if let Some(r) = self.resilience(props, &props_path) {
+                        component.resilience = Some(r);
+                    }
+                }
                 "labels" | "annotations" => {
                     if let Some(t) = self.typed::<MetadataTrait>(props, &props_path) {
                         let target =
@@ -802,6 +817,68 @@ impl Ctx<'_> {
                     };
                     self.error(&join(&at, "type"), msg);
                 }
+            }
+        }
+    }
+
+    fn resilience(&mut self, value: &Value, path: &str) -> Option<Resilience> {
+        let map = self.object(value, path)?.clone();
+        let errors_before = self.errors();
+        let mut rest = map.clone();
+        let routes_value = rest.remove("routes");
+        let policy = self.policy(&Value::Object(rest), path);
+        let mut routes = Vec::new();
+        match routes_value {
+            None => {}
+            Some(Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    let at = format!("{path}.routes[{i}]");
+                    let Some(obj) = self.object(item, &at) else { continue };
+                    let mut rest = obj.clone();
+                    let Some(m) = rest.remove("match") else {
+                        self.error(&at, "a route needs \"match\" (pathPrefix and/or methods)".into());
+                        continue;
+                    };
+                    let matches: Option<RouteMatch> = self.typed(&m, &join(&at, "match"));
+                    let policy = self.policy(&Value::Object(rest), &at);
+                    if let Some(m) = &matches {
+                        self.check_route_match(m, &join(&at, "match"));
+                    }
+                    if let (Some(matches), Some(policy)) = (matches, policy) {
+                        routes.push(Route { matches, policy });
+                    }
+                }
+            }
+            Some(other) => {
+                let msg = format!("expected a list of routes, found {}", type_name(&other));
+                self.error(&join(path, "routes"), msg);
+            }
+        }
+        (self.errors() == errors_before).then_some(Resilience { policy: policy?, routes })
+    }
+
+    fn policy(&mut self, value: &Value, path: &str) -> Option<Policy> {
+        let policy: Policy = self.typed(value, path)?;
+        let problems = crate::resilience::check_policy(&policy);
+        for (field, msg) in &problems {
+            self.error(&join(path, field), msg.clone());
+        }
+        problems.is_empty().then_some(policy)
+    }
+
+    fn check_route_match(&mut self, m: &RouteMatch, path: &str) {
+        if m.path_prefix.is_none() && m.methods.is_empty() {
+            self.error(path, "give pathPrefix and/or methods".into());
+        }
+        if m.path_prefix.as_deref().is_some_and(|p| !p.starts_with('/')) {
+            self.error(&join(path, "pathPrefix"), "must start with '/'".into());
+        }
+        const METHODS: &[&str] =
+            &["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"];
+        for (i, method) in m.methods.iter().enumerate() {
+            if !METHODS.contains(&method.as_str()) {
+                let msg = format!("unknown method \"{method}\"{}", suggestion(method, METHODS));
+                self.error(&format!("{path}.methods[{i}]"), msg);
             }
         }
     }

@@ -108,7 +108,7 @@ pub struct AppRecord {
 }
 
 /// An immutable revision of an application.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Revision {
     /// Application name.
     pub app: String,
