@@ -17,7 +17,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use yun_model::RetryOn;
+
 use crate::endpoints::{Endpoints, Lease};
+use crate::policy::{Admit, Breaker, Guard, Policies, Ticket};
 use crate::{NO_ENDPOINT_WAIT, PortConfig};
 
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
@@ -44,16 +47,55 @@ const HOP_BY_HOP: &[&str] = &[
 pub(crate) struct Proxy {
     component: String,
     endpoints: Arc<Endpoints>,
-    config: Arc<RwLock<Arc<PortConfig>>>,
+    active: Arc<RwLock<Arc<Active>>>,
     http1: Client<HttpConnector, Body>,
     http2: Client<HttpConnector, Body>,
+}
+
+/// The port's settings with the state of their policies.
+pub(crate) struct Active {
+    pub config: PortConfig,
+    pub policies: Policies,
+}
+
+impl Active {
+    pub(crate) fn new(config: PortConfig) -> Active {
+        let policies = Policies::new(config.resilience.as_ref());
+        Active { config, policies }
+    }
+}
+
+/// The breaker's admission of one request; if the request ends without a verdict (the client
+/// went away), a half-open probe is given back so the breaker is not stuck half-open.
+struct Verdict<'a> {
+    breaker: &'a Breaker,
+    ticket: Ticket,
+    done: bool,
+}
+
+impl Drop for Verdict<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.breaker.abandon(self.ticket);
+        }
+    }
+}
+
+/// Why an attempt or a request failed, which decides retries and the status code.
+enum Failure {
+    /// The request never reached an instance.
+    Connect(String),
+    /// No answer within the (per-try) timeout.
+    Timeout,
+    /// The connection broke or the answer was not HTTP.
+    Upstream(String),
 }
 
 impl Proxy {
     pub(crate) fn new(
         component: String,
         endpoints: Arc<Endpoints>,
-        config: Arc<RwLock<Arc<PortConfig>>>,
+        active: Arc<RwLock<Arc<Active>>>,
     ) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -65,17 +107,112 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(30))
             .http2_only(true)
             .build(connector);
-        Proxy { component, endpoints, config, http1, http2 }
+        Proxy { component, endpoints, active, http1, http2 }
     }
 
-    fn config(&self) -> Arc<PortConfig> {
-        self.config.read().map(|c| c.clone()).unwrap_or_default()
+    fn active(&self) -> Arc<Active> {
+        self.active.read().map(|c| c.clone()).unwrap_or_else(|_| Arc::new(Active::new(PortConfig::default())))
     }
 
     pub(crate) async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let config = self.config();
+        let active = self.active();
+        let (guard, _route) = active.policies.for_request(req.method().as_str(), req.uri().path());
+        let guard = guard.clone();
+
+        // Admission, cheapest refusal first: rate, then concurrency, then the breaker.
+        if let Some(rate) = &guard.rate {
+            match rate.acquire() {
+                Admit::Pass => {}
+                Admit::Wait(d) => tokio::time::sleep(d).await,
+                Admit::Reject(after) => {
+                    return self.shed(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rateLimit",
+                        "rate limit exceeded",
+                        after,
+                    );
+                }
+            }
+        }
+        let permit = match &guard.bulkhead {
+            Some(b) => match b.acquire().await {
+                Some(p) => Some(p),
+                None => {
+                    return self.shed(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "concurrency",
+                        "concurrency limit reached",
+                        Duration::from_secs(1),
+                    );
+                }
+            },
+            None => None,
+        };
+        let mut verdict = match &guard.breaker {
+            Some(b) => match b.allow() {
+                Ok(ticket) => Some(Verdict { breaker: b, ticket, done: false }),
+                Err(after) => {
+                    return self.shed(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "circuitBreaker",
+                        "circuit breaker is open",
+                        after,
+                    );
+                }
+            },
+            None => None,
+        };
+        if let Some(budget) = &guard.budget {
+            budget.deposit();
+        }
+
         let upgrade = is_upgrade(&req);
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let start = std::time::Instant::now();
+        let attempts = self.attempts(req, peer, &active, &guard, downstream_upgrade);
+        let result = match guard.policy.timeout {
+            Some(t) => tokio::time::timeout(t.0, attempts).await.unwrap_or(Err(Failure::Timeout)),
+            None => attempts.await,
+        };
+        let elapsed = start.elapsed();
+        if let Some(v) = verdict.as_mut() {
+            let error = match &result {
+                Ok(r) => r.status().is_server_error(),
+                Err(_) => true,
+            };
+            v.breaker.complete(v.ticket, error, elapsed);
+            v.done = true;
+        }
+        match result {
+            Ok(resp) => {
+                let (p, b) = resp.into_parts();
+                // The concurrency slot is held until the response body is done.
+                Response::from_parts(p, Hold { inner: b, _held: permit }.boxed())
+            }
+            Err(Failure::Timeout) => {
+                let t = guard
+                    .policy
+                    .per_try_timeout
+                    .or(guard.policy.timeout)
+                    .map(|d| d.to_string())
+                    .unwrap_or_default();
+                let message = format!("no answer from \"{}\" within {t}", self.component);
+                refusal(StatusCode::GATEWAY_TIMEOUT, &message, Some("timeout"))
+            }
+            Err(Failure::Connect(e)) | Err(Failure::Upstream(e)) => error(StatusCode::BAD_GATEWAY, &e),
+        }
+    }
+
+    /// Sends the request, retrying as the policy and budget allow.
+    async fn attempts(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        active: &Active,
+        guard: &Guard,
+        downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Result<Response<Body>, Failure> {
+        let upgrade = downstream_upgrade.is_some();
         let (mut parts, body) = req.into_parts();
         let upgrade_headers = upgrade.then(|| {
             (parts.headers.get(header::CONNECTION).cloned(), parts.headers.get(header::UPGRADE).cloned())
@@ -93,7 +230,7 @@ impl Proxy {
             parts.headers.append("x-forwarded-for", v);
         }
         let h2 = parts.version == Version::HTTP_2;
-        // Small bodies are buffered so a request that could not be sent can go elsewhere.
+        // Small bodies are buffered so a request can be sent again.
         let len = body_len(&parts.headers);
         let small = len.is_some_and(|n| n <= RETRY_BUFFER_BYTES)
             || (len.is_none()
@@ -104,25 +241,36 @@ impl Proxy {
         let (buffered, mut streaming) = if small {
             match body.collect().await {
                 Ok(c) => (Some(c.to_bytes()), None),
-                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("reading request body: {e}")),
+                Err(e) => return Ok(error(StatusCode::BAD_REQUEST, &format!("reading request body: {e}"))),
             }
         } else {
             (None, Some(body))
         };
-        let mut tried = Vec::new();
+        let retries = guard.policy.retries.as_ref();
+        let may_resend =
+            buffered.is_some() && (idempotent(&parts.method) || retries.is_some_and(|r| r.non_idempotent));
+        let mut downstream_upgrade = downstream_upgrade;
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut connect_failures = 0;
+        let mut retried = 0u32;
         loop {
             if self.endpoints.is_empty() && !self.endpoints.wait_for_any(NO_ENDPOINT_WAIT).await {
-                return error(
+                return Ok(error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &format!(
                         "no ready instance of component \"{}\" within {}s",
                         self.component,
                         NO_ENDPOINT_WAIT.as_secs()
                     ),
-                );
+                ));
             }
-            let Some(lease) = self.endpoints.pick(config.balancer, &tried) else {
-                return error(StatusCode::BAD_GATEWAY, "every instance refused the connection");
+            // Prefer an instance not tried yet; fall back to any.
+            let lease = match self.endpoints.pick(active.config.balancer, &tried) {
+                Some(l) => l,
+                None => match self.endpoints.pick(active.config.balancer, &[]) {
+                    Some(l) => l,
+                    None => continue,
+                },
             };
             let addr = lease.addr();
             tried.push(addr);
@@ -131,44 +279,119 @@ impl Proxy {
                 format!("http://{addr}{}", parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
             *out.uri_mut() = match uri.parse() {
                 Ok(u) => u,
-                Err(_) => return error(StatusCode::BAD_REQUEST, "invalid request target"),
+                Err(_) => return Ok(error(StatusCode::BAD_REQUEST, "invalid request target")),
             };
             *out.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
             *out.body_mut() = match (&buffered, streaming.take()) {
                 (Some(b), _) => Full::new(b.clone()).map_err(|n| match n {}).boxed(),
                 (None, Some(s)) => s.boxed(),
                 (None, None) => {
-                    return error(StatusCode::BAD_GATEWAY, "upstream failed while the body was sent");
+                    return Err(Failure::Upstream("upstream failed while the body was being sent".into()));
                 }
             };
             let client = if h2 { &self.http2 } else { &self.http1 };
-            match client.request(out).await {
+            let sent = client.request(out);
+            let outcome = match guard.policy.per_try_timeout {
+                Some(t) => tokio::time::timeout(t.0, sent).await.map_err(|_| Failure::Timeout),
+                None => Ok(sent.await),
+            };
+            let outcome = match outcome {
+                Ok(Ok(resp)) => Ok(resp),
+                Ok(Err(e)) if e.is_connect() => {
+                    Err(Failure::Connect(format!("upstream {addr}: {}", describe(&e))))
+                }
+                Ok(Err(e)) => Err(Failure::Upstream(format!("upstream {addr}: {}", describe(&e)))),
+                Err(t) => Err(t),
+            };
+            let retry_on = |cond: RetryOn| retries.is_some_and(|r| r.on.contains(&cond));
+            let budget_retry = || {
+                retries.is_some_and(|r| retried < r.attempts)
+                    && guard.budget.as_ref().is_some_and(|b| b.withdraw())
+            };
+            match outcome {
                 Ok(mut resp) => {
-                    lease.record(!resp.status().is_server_error());
-                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-                        && let Some(down) = downstream_upgrade
+                    let status = resp.status();
+                    lease.record(!status.is_server_error());
+                    let retryable = (status.is_server_error() && retry_on(RetryOn::ServerError))
+                        || (matches!(status.as_u16(), 502..=504) && retry_on(RetryOn::GatewayError))
+                        || retries.is_some_and(|r| r.status_codes.contains(&status.as_u16()));
+                    if retryable && may_resend && budget_retry() {
+                        retried += 1;
+                        drop(resp);
+                        self.backoff(guard, retried).await;
+                        continue;
+                    }
+                    if status == StatusCode::SWITCHING_PROTOCOLS
+                        && let Some(down) = downstream_upgrade.take()
                     {
                         let up = hyper::upgrade::on(&mut resp);
                         tokio::spawn(splice(down, up, lease));
-                        return resp.map(|b| b.boxed());
+                        return Ok(resp.map(|b| b.boxed()));
                     }
                     let (mut p, b) = resp.into_parts();
                     for h in HOP_BY_HOP {
                         p.headers.remove(*h);
                     }
-                    return Response::from_parts(p, Tracked { inner: b.boxed(), _lease: lease }.boxed());
+                    if retried > 0
+                        && let Ok(v) = HeaderValue::from_str(&retried.to_string())
+                    {
+                        p.headers.insert("x-yun-retries", v);
+                    }
+                    return Ok(Response::from_parts(p, Hold { inner: b.boxed(), _held: lease }.boxed()));
                 }
-                Err(e) => {
+                Err(Failure::Connect(e)) => {
                     lease.record(false);
-                    // Only a request that never reached the instance may be sent again.
-                    if e.is_connect() && buffered.is_some() && tried.len() < MAX_CONNECT_ATTEMPTS {
+                    connect_failures += 1;
+                    // Never sent: another instance may take it, without spending the budget.
+                    if buffered.is_some() && connect_failures < MAX_CONNECT_ATTEMPTS {
+                        continue;
+                    }
+                    if buffered.is_some() && retry_on(RetryOn::ConnectFailure) && budget_retry() {
+                        retried += 1;
+                        self.backoff(guard, retried).await;
+                        continue;
+                    }
+                    return Err(Failure::Connect(e));
+                }
+                Err(Failure::Timeout) => {
+                    lease.record(false);
+                    if retry_on(RetryOn::Timeout) && may_resend && budget_retry() {
+                        retried += 1;
+                        continue;
+                    }
+                    return Err(Failure::Timeout);
+                }
+                Err(Failure::Upstream(e)) => {
+                    lease.record(false);
+                    if retry_on(RetryOn::Reset) && may_resend && budget_retry() {
+                        retried += 1;
+                        self.backoff(guard, retried).await;
                         continue;
                     }
                     tracing::debug!(component = %self.component, %addr, error = %e, "Upstream request failed.");
-                    return error(StatusCode::BAD_GATEWAY, &format!("upstream {addr}: {}", describe(&e)));
+                    return Err(Failure::Upstream(e));
                 }
             }
         }
+    }
+
+    /// Exponential back-off with full jitter: a random wait up to base × 2^(n-1), capped.
+    async fn backoff(&self, guard: &Guard, n: u32) {
+        let Some(r) = &guard.policy.retries else { return };
+        let cap = r.backoff_base.0.saturating_mul(1 << (n - 1).min(16)).min(r.backoff_max.0);
+        let wait = cap.mul_f64(rand::random::<f64>());
+        tokio::time::sleep(wait).await;
+    }
+
+    /// A refusal by a policy: `Retry-After` and a JSON body naming the policy, so callers can
+    /// tell throttling from failure.
+    fn shed(&self, status: StatusCode, policy: &str, message: &str, retry_after: Duration) -> Response<Body> {
+        let mut r = refusal(status, &format!("{message} for component \"{}\"", self.component), Some(policy));
+        let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        r
     }
 }
 
@@ -206,13 +429,14 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
     s
 }
 
-/// A response body that keeps its request counted in flight until it is finished or dropped.
-struct Tracked {
+/// A response body that holds something (the instance lease that counts the request in flight,
+/// a concurrency slot) until the body is finished or dropped.
+struct Hold<T> {
     inner: Body,
-    _lease: Lease,
+    _held: T,
 }
 
-impl hyper::body::Body for Tracked {
+impl<T: Send + Unpin + 'static> hyper::body::Body for Hold<T> {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -232,6 +456,14 @@ impl hyper::body::Body for Tracked {
     }
 }
 
+fn idempotent(method: &hyper::Method) -> bool {
+    use hyper::Method;
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
 fn body_len(headers: &hyper::HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
@@ -242,9 +474,22 @@ fn empty() -> Body {
 
 /// A response made by the proxy itself: JSON naming the proxy as its source.
 pub(crate) fn error(status: StatusCode, message: &str) -> Response<Body> {
-    let body = serde_json::json!({"error": message, "source": "yun"}).to_string();
+    refusal(status, message, None)
+}
+
+/// A response made by the proxy, naming the policy that refused the request, if one did (also
+/// in the `x-yun-policy` header).
+fn refusal(status: StatusCode, message: &str, policy: Option<&str>) -> Response<Body> {
+    let mut body = serde_json::json!({"error": message, "source": "yun"});
+    if let Some(p) = policy {
+        body["policy"] = serde_json::Value::String(p.into());
+    }
+    let body = body.to_string();
     let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed());
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(v) = policy.and_then(|p| HeaderValue::from_str(p).ok()) {
+        resp.headers_mut().insert("x-yun-policy", v);
+    }
     resp
 }

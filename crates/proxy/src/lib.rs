@@ -8,6 +8,7 @@
 
 mod endpoints;
 mod forward;
+mod policy;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -27,6 +28,8 @@ pub const NO_ENDPOINT_WAIT: Duration = Duration::from_secs(30);
 pub struct PortConfig {
     /// Endpoint choice.
     pub balancer: Balancer,
+    /// Timeouts, retries, breaker, limits (the component's `resilience` trait).
+    pub resilience: Option<yun_model::Resilience>,
 }
 
 /// A bound service port and its forwarding task; dropping it closes the port.
@@ -35,18 +38,19 @@ pub struct ServicePort {
     pub port: u16,
     /// Ready instances behind it.
     pub endpoints: Arc<Endpoints>,
-    config: Arc<RwLock<Arc<PortConfig>>>,
+    active: Arc<RwLock<Arc<forward::Active>>>,
     task: JoinHandle<()>,
 }
 
 impl ServicePort {
     /// Applies new settings to requests that start from now on; requests in flight finish
-    /// under the settings they started with.
+    /// under the settings they started with. Unchanged settings keep their state (open
+    /// breakers, rate counters).
     pub fn configure(&self, config: PortConfig) {
-        if let Ok(mut c) = self.config.write()
-            && **c != config
+        if let Ok(mut a) = self.active.write()
+            && a.config != config
         {
-            *c = Arc::new(config);
+            *a = Arc::new(forward::Active::new(config));
         }
     }
 }
@@ -61,8 +65,8 @@ impl Drop for ServicePort {
 pub async fn bind(port: u16, component: String, config: PortConfig) -> std::io::Result<ServicePort> {
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     let endpoints = Arc::new(Endpoints::default());
-    let config = Arc::new(RwLock::new(Arc::new(config)));
-    let proxy = Arc::new(forward::Proxy::new(component, endpoints.clone(), config.clone()));
+    let active = Arc::new(RwLock::new(Arc::new(forward::Active::new(config))));
+    let proxy = Arc::new(forward::Proxy::new(component, endpoints.clone(), active.clone()));
     let task = tokio::spawn(async move {
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -87,5 +91,5 @@ pub async fn bind(port: u16, component: String, config: PortConfig) -> std::io::
             });
         }
     });
-    Ok(ServicePort { port, endpoints, config, task })
+    Ok(ServicePort { port, endpoints, active, task })
 }

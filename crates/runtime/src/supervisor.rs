@@ -211,6 +211,13 @@ const STABLE_RUN: Duration = Duration::from_secs(60);
 /// Probe interval until an instance is first ready, so start-up is detected quickly.
 const STARTUP_PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
+fn port_config(desired: &Desired) -> yun_proxy::PortConfig {
+    yun_proxy::PortConfig {
+        balancer: yun_proxy::Balancer::default(),
+        resilience: desired.component.resilience.clone(),
+    }
+}
+
 fn backoff(streak: u32) -> Duration {
     if streak <= 1 {
         return Duration::from_millis(200);
@@ -531,12 +538,17 @@ impl Supervisor {
             if self.ports.iter().any(|p| p.port == *port) {
                 continue;
             }
-            match yun_proxy::bind(*port, self.name.clone(), yun_proxy::PortConfig::default()).await {
+            match yun_proxy::bind(*port, self.name.clone(), port_config(desired)).await {
                 Ok(p) => self.ports.push(p),
                 Err(e) => errors.push(format!("cannot listen on service port {port}: {e}")),
             }
         }
         self.ports.sort_by_key(|p| want.iter().position(|w| *w == p.port));
+        // Policy changes apply in place, without touching instances.
+        let config = port_config(desired);
+        for p in &self.ports {
+            p.configure(config.clone());
+        }
         let err = (!errors.is_empty()).then(|| errors.join("; "));
         if err.is_some() && err != self.port_error {
             self.event(true, "PortUnavailable", err.clone().unwrap_or_default());

@@ -11,7 +11,9 @@
 //! - `GET /trailers` → a body with an HTTP/2 trailer `x-checksum: done`
 //! - `POST /exit` → the process exits with code 3
 //! - `POST /break` → from now on every request but `/healthz` and `/count` answers 500
+//! - `POST /fix` → undoes `/break`
 //! - `GET /count` → how many requests this instance has received
+//! - `GET /max-inflight` → the most requests it has handled at once
 //!
 //! Environment: `PORT` (required), `VERSION`, `STARTUP_DELAY_MS`, `FAIL_AT_START` (exit 1),
 //! `FAIL_EVERY=N` (every Nth request answers 500), `DELAY_MS` (every request waits),
@@ -35,6 +37,8 @@ struct State {
     unhealthy: AtomicBool,
     broken: AtomicBool,
     requests: AtomicU64,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
     fail_every: u64,
     delay: Duration,
 }
@@ -59,6 +63,8 @@ async fn main() {
         unhealthy: AtomicBool::new(false),
         broken: AtomicBool::new(false),
         requests: AtomicU64::new(0),
+        in_flight: AtomicU64::new(0),
+        max_in_flight: AtomicU64::new(0),
         fail_every: env("FAIL_EVERY").parse().unwrap_or(0),
         delay: Duration::from_millis(env("DELAY_MS").parse().unwrap_or(0)),
     });
@@ -92,14 +98,28 @@ fn text(status: u16, body: impl Into<Bytes>) -> Response<Body> {
     r
 }
 
-async fn handle(mut req: Request<Incoming>, state: &State) -> Response<Body> {
+async fn handle(req: Request<Incoming>, state: &State) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let counted = !matches!(path.as_str(), "/count" | "/max-inflight" | "/healthz");
+    if counted {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    }
+    let resp = serve(req, state).await;
+    if counted {
+        state.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+    resp
+}
+
+async fn serve(mut req: Request<Incoming>, state: &State) -> Response<Body> {
     let n = state.requests.fetch_add(1, Ordering::SeqCst) + 1;
     if !state.delay.is_zero() {
         tokio::time::sleep(state.delay).await;
     }
     let path = req.uri().path().to_string();
     let method = req.method().clone();
-    let exempt = path == "/healthz" || path == "/count";
+    let exempt = matches!(path.as_str(), "/healthz" | "/count" | "/max-inflight" | "/fix");
     if !exempt
         && (state.broken.load(Ordering::SeqCst)
             || (state.fail_every > 0 && n.is_multiple_of(state.fail_every)))
@@ -110,6 +130,11 @@ async fn handle(mut req: Request<Incoming>, state: &State) -> Response<Body> {
         ("GET", "/healthz") if state.unhealthy.load(Ordering::SeqCst) => text(503, "unhealthy"),
         ("GET", "/healthz") => text(200, "ok"),
         ("GET", "/count") => text(200, n.to_string()),
+        ("GET", "/max-inflight") => text(200, state.max_in_flight.load(Ordering::SeqCst).to_string()),
+        ("POST", "/fix") => {
+            state.broken.store(false, Ordering::SeqCst);
+            text(200, "fixed")
+        }
         ("POST", "/break") => {
             state.broken.store(true, Ordering::SeqCst);
             text(200, "broken")

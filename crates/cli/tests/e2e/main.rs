@@ -5,4 +5,5 @@ mod dataplane;
 mod example;
 mod jobs;
 mod lifecycle;
+mod resilience;
 mod support;
