@@ -106,7 +106,6 @@ fn the_breaker_opens_half_opens_and_closes() {
         let (code, _) = http.get("/").unwrap();
         (code == 500).then_some(())
     });
-    ();
     assert_eq!(http.get("/").unwrap().0, 503, "re-opened after a failed probe");
     // Fixed instance: the next probe succeeds and the breaker closes.
     Http::new(&instance).request("POST", "/fix", &[], "").unwrap();
