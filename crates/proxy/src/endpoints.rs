@@ -35,6 +35,8 @@ pub enum Balancer {
 /// One instance address and what the proxy knows of it.
 pub struct Endpoint {
     pub addr: SocketAddr,
+    /// Instance id, for metrics.
+    pub id: String,
     in_flight: AtomicUsize,
     stats: Mutex<Stats>,
     consecutive_failures: AtomicU32,
@@ -49,9 +51,10 @@ struct Stats {
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr, rtt: f64) -> Endpoint {
+    fn new(addr: SocketAddr, id: String, rtt: f64) -> Endpoint {
         Endpoint {
             addr,
+            id,
             in_flight: AtomicUsize::new(0),
             stats: Mutex::new(Stats { rtt, updated: Instant::now(), ejected_until: None, ejections: 0 }),
             consecutive_failures: AtomicU32::new(0),
@@ -93,6 +96,11 @@ impl Lease {
     /// The chosen address.
     pub fn addr(&self) -> SocketAddr {
         self.endpoint.addr
+    }
+
+    /// The chosen instance's id.
+    pub fn instance(&self) -> &str {
+        &self.endpoint.id
     }
 
     /// Records how the request went, for balancing and ejection. Returns true when this
@@ -143,9 +151,10 @@ struct Set {
 }
 
 impl Endpoints {
-    /// Replaces the ready set, keeping what is known of endpoints that stay. Once this returns,
-    /// no new request can pick a removed address.
-    pub fn set(&self, addrs: Vec<SocketAddr>) {
+    /// Replaces the ready set (address and instance id of each), keeping what is known of
+    /// endpoints that stay. Once this returns, no new request can pick a removed address.
+    pub fn set(&self, endpoints: Vec<(SocketAddr, String)>) {
+        let addrs: Vec<SocketAddr> = endpoints.iter().map(|e| e.0).collect();
         if let Ok(mut s) = self.set.write() {
             let current: Vec<SocketAddr> = s.ready.iter().map(|e| e.addr).collect();
             if current != addrs {
@@ -159,10 +168,10 @@ impl Endpoints {
                 } else {
                     rtts.iter().sum::<f64>() / rtts.len() as f64
                 };
-                let ready = addrs
-                    .iter()
-                    .map(|a| {
-                        s.known.entry(*a).or_insert_with(|| Arc::new(Endpoint::new(*a, start_rtt))).clone()
+                let ready = endpoints
+                    .into_iter()
+                    .map(|(a, id)| {
+                        s.known.entry(a).or_insert_with(|| Arc::new(Endpoint::new(a, id, start_rtt))).clone()
                     })
                     .collect();
                 s.ready = ready;
@@ -244,13 +253,17 @@ mod tests {
         (1..=n).map(|p| SocketAddr::from(([127, 0, 0, 1], p))).collect()
     }
 
+    fn with_ids(addrs: Vec<SocketAddr>) -> Vec<(SocketAddr, String)> {
+        addrs.into_iter().map(|a| (a, a.port().to_string())).collect()
+    }
+
     #[test]
     fn removed_endpoints_are_never_picked_and_drain_is_counted() {
         let e = Endpoints::default();
-        e.set(addrs(2));
+        e.set(with_ids(addrs(2)));
         let lease = e.pick(Balancer::RoundRobin, &[]).unwrap();
         let leased = lease.addr();
-        e.set(addrs(2).into_iter().filter(|a| *a != leased).collect());
+        e.set(with_ids(addrs(2).into_iter().filter(|a| *a != leased).collect()));
         assert_eq!(e.in_flight(&leased), 1);
         for _ in 0..20 {
             assert_ne!(e.pick(Balancer::PeakEwma, &[]).unwrap().addr(), leased);
@@ -262,7 +275,7 @@ mod tests {
     #[test]
     fn consecutive_failures_eject_until_everything_is_ejected() {
         let e = Endpoints::default();
-        e.set(addrs(2));
+        e.set(with_ids(addrs(2)));
         let bad = addrs(1)[0];
         let mut ejected = false;
         for _ in 0..EJECT_AFTER_FAILURES {
@@ -281,7 +294,7 @@ mod tests {
     #[test]
     fn peak_ewma_prefers_the_faster_endpoint() {
         let e = Endpoints::default();
-        e.set(addrs(2));
+        e.set(with_ids(addrs(2)));
         let slow = addrs(2)[1];
         {
             let l = e.pick(Balancer::RoundRobin, &[addrs(2)[0]]).unwrap();

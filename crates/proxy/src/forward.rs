@@ -20,6 +20,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use yun_model::RetryOn;
 
 use crate::endpoints::{Endpoints, Lease};
+use crate::metrics::{
+    ComponentLabels, InstanceLabels, Metrics, RejectLabels, RequestLabels, RouteLabels, class,
+};
 use crate::policy::{Admit, Breaker, Guard, Policies, Ticket};
 use crate::{NO_ENDPOINT_WAIT, PortConfig};
 
@@ -45,7 +48,9 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 pub(crate) struct Proxy {
+    app: String,
     component: String,
+    metrics: Arc<Metrics>,
     endpoints: Arc<Endpoints>,
     active: Arc<RwLock<Arc<Active>>>,
     http1: Client<HttpConnector, Body>,
@@ -81,6 +86,26 @@ impl Drop for Verdict<'_> {
     }
 }
 
+/// What the attempts did, for metrics: the instance that answered last and the retries made.
+#[derive(Default)]
+struct Trace {
+    instance: Option<String>,
+    retries: u32,
+}
+
+/// Runs `f` when dropped (also when the request future is dropped because the client left).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
 /// Why an attempt or a request failed, which decides retries and the status code.
 enum Failure {
     /// The request never reached an instance.
@@ -93,7 +118,9 @@ enum Failure {
 
 impl Proxy {
     pub(crate) fn new(
+        app: String,
         component: String,
+        metrics: Arc<Metrics>,
         endpoints: Arc<Endpoints>,
         active: Arc<RwLock<Arc<Active>>>,
     ) -> Proxy {
@@ -107,17 +134,69 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(30))
             .http2_only(true)
             .build(connector);
-        Proxy { component, endpoints, active, http1, http2 }
+        Proxy { app, component, metrics, endpoints, active, http1, http2 }
     }
 
     fn active(&self) -> Arc<Active> {
         self.active.read().map(|c| c.clone()).unwrap_or_else(|_| Arc::new(Active::new(PortConfig::default())))
     }
 
-    pub(crate) async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    fn route_labels(&self, route: &str) -> RouteLabels {
+        RouteLabels { app: self.app.clone(), component: self.component.clone(), route: route.to_string() }
+    }
+
+    pub(crate) async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let component = ComponentLabels { app: self.app.clone(), component: self.component.clone() };
+        let gauge = self.metrics.in_flight.get_or_create(&component).clone();
+        gauge.inc();
+        let _in_flight = scopeguard(move || {
+            gauge.dec();
+        });
+        let start = std::time::Instant::now();
         let active = self.active();
-        let (guard, _route) = active.policies.for_request(req.method().as_str(), req.uri().path());
+        let (guard, route) = active.policies.for_request(req.method().as_str(), req.uri().path());
         let guard = guard.clone();
+        let mut trace = Trace::default();
+        let resp = self.guarded(req, peer, &active, &guard, &route, &mut trace).await;
+        let labels = self.route_labels(&route);
+        self.metrics.duration.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
+        if trace.retries > 0 {
+            self.metrics.retries.get_or_create(&labels).inc_by(trace.retries.into());
+        }
+        if let Some(policy) = resp.headers().get("x-yun-policy").and_then(|v| v.to_str().ok()) {
+            let reject = RejectLabels {
+                app: self.app.clone(),
+                component: self.component.clone(),
+                route: route.clone(),
+                policy: policy.to_string(),
+            };
+            self.metrics.rejections.get_or_create(&reject).inc();
+        }
+        if let Some(b) = &guard.breaker {
+            self.metrics.breaker.get_or_create(&labels).set(b.state_code());
+        }
+        let request = RequestLabels {
+            app: self.app.clone(),
+            component: self.component.clone(),
+            route,
+            instance: trace.instance.unwrap_or_else(|| "none".into()),
+            class: class(resp.status().as_u16()),
+        };
+        self.metrics.requests.get_or_create(&request).inc();
+        resp
+    }
+
+    /// Admission by the policies, then the attempts.
+    async fn guarded(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        active: &Active,
+        guard: &Guard,
+        route: &str,
+        trace: &mut Trace,
+    ) -> Response<Body> {
+        let _ = route;
 
         // Admission, cheapest refusal first: rate, then concurrency, then the breaker.
         if let Some(rate) = &guard.rate {
@@ -169,7 +248,7 @@ impl Proxy {
         let upgrade = is_upgrade(&req);
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let start = std::time::Instant::now();
-        let attempts = self.attempts(req, peer, &active, &guard, downstream_upgrade);
+        let attempts = self.attempts(req, peer, active, guard, downstream_upgrade, trace);
         let result = match guard.policy.timeout {
             Some(t) => tokio::time::timeout(t.0, attempts).await.unwrap_or(Err(Failure::Timeout)),
             None => attempts.await,
@@ -211,6 +290,7 @@ impl Proxy {
         active: &Active,
         guard: &Guard,
         downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        trace: &mut Trace,
     ) -> Result<Response<Body>, Failure> {
         let upgrade = downstream_upgrade.is_some();
         let (mut parts, body) = req.into_parts();
@@ -274,6 +354,8 @@ impl Proxy {
             };
             let addr = lease.addr();
             tried.push(addr);
+            trace.instance = Some(lease.instance().to_string());
+            trace.retries = retried;
             let mut out = Request::from_parts(parts.clone(), empty());
             let uri =
                 format!("http://{addr}{}", parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
@@ -311,7 +393,7 @@ impl Proxy {
             match outcome {
                 Ok(mut resp) => {
                     let status = resp.status();
-                    lease.record(!status.is_server_error());
+                    self.record(&lease, !status.is_server_error());
                     let retryable = (status.is_server_error() && retry_on(RetryOn::ServerError))
                         || (matches!(status.as_u16(), 502..=504) && retry_on(RetryOn::GatewayError))
                         || retries.is_some_and(|r| r.status_codes.contains(&status.as_u16()));
@@ -340,7 +422,7 @@ impl Proxy {
                     return Ok(Response::from_parts(p, Hold { inner: b.boxed(), _held: lease }.boxed()));
                 }
                 Err(Failure::Connect(e)) => {
-                    lease.record(false);
+                    self.record(&lease, false);
                     connect_failures += 1;
                     // Never sent: another instance may take it, without spending the budget.
                     if buffered.is_some() && connect_failures < MAX_CONNECT_ATTEMPTS {
@@ -354,7 +436,7 @@ impl Proxy {
                     return Err(Failure::Connect(e));
                 }
                 Err(Failure::Timeout) => {
-                    lease.record(false);
+                    self.record(&lease, false);
                     if retry_on(RetryOn::Timeout) && may_resend && budget_retry() {
                         retried += 1;
                         continue;
@@ -362,7 +444,7 @@ impl Proxy {
                     return Err(Failure::Timeout);
                 }
                 Err(Failure::Upstream(e)) => {
-                    lease.record(false);
+                    self.record(&lease, false);
                     if retry_on(RetryOn::Reset) && may_resend && budget_retry() {
                         retried += 1;
                         self.backoff(guard, retried).await;
@@ -372,6 +454,19 @@ impl Proxy {
                     return Err(Failure::Upstream(e));
                 }
             }
+        }
+    }
+
+    /// Feeds an attempt's outcome to balancing and ejection, counting ejections.
+    fn record(&self, lease: &Lease, success: bool) {
+        if lease.record(success) {
+            tracing::warn!(component = %self.component, instance = %lease.instance(), "Instance ejected after consecutive failures.");
+            let labels = InstanceLabels {
+                app: self.app.clone(),
+                component: self.component.clone(),
+                instance: lease.instance().to_string(),
+            };
+            self.metrics.ejections.get_or_create(&labels).inc();
         }
     }
 

@@ -8,6 +8,7 @@
 
 mod endpoints;
 mod forward;
+mod metrics;
 mod policy;
 
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use endpoints::{BASE_EJECTION, Balancer, EJECT_AFTER_FAILURES, Endpoints, Lease, MAX_EJECTION};
+pub use metrics::Metrics;
 
 /// How long a request waits for a ready instance before it gets 503.
 pub const NO_ENDPOINT_WAIT: Duration = Duration::from_secs(30);
@@ -61,12 +63,19 @@ impl Drop for ServicePort {
     }
 }
 
-/// Binds `127.0.0.1:port` and starts forwarding to the endpoints of `component`.
-pub async fn bind(port: u16, component: String, config: PortConfig) -> std::io::Result<ServicePort> {
+/// Binds `127.0.0.1:port` and starts forwarding to the endpoints of `app`'s `component`,
+/// counting in `metrics`.
+pub async fn bind(
+    port: u16,
+    app: String,
+    component: String,
+    config: PortConfig,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<ServicePort> {
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     let endpoints = Arc::new(Endpoints::default());
     let active = Arc::new(RwLock::new(Arc::new(forward::Active::new(config))));
-    let proxy = Arc::new(forward::Proxy::new(component, endpoints.clone(), active.clone()));
+    let proxy = Arc::new(forward::Proxy::new(app, component, metrics, endpoints.clone(), active.clone()));
     let task = tokio::spawn(async move {
         loop {
             let (stream, peer) = match listener.accept().await {

@@ -295,7 +295,15 @@ impl Breaker {
         }
     }
 
-    #[cfg(test)]
+    /// The state as exported in metrics: 0 closed, 1 open, 2 half-open.
+    pub(crate) fn state_code(&self) -> i64 {
+        match self.state() {
+            BreakerState::Closed => 0,
+            BreakerState::Open(_) => 1,
+            BreakerState::HalfOpen => 2,
+        }
+    }
+
     pub(crate) fn state(&self) -> BreakerState {
         self.state.lock().map(|s| s.state).unwrap_or(BreakerState::Closed)
     }

@@ -22,7 +22,7 @@ use yun_model::{App, ComponentKind, service_env_prefix};
 
 pub use logs::{LogHub, LogLine, MAX_LOG_BYTES};
 pub use supervisor::{ComponentStatus, InstanceStatus, RunStatus};
-pub use yun_proxy::NO_ENDPOINT_WAIT;
+pub use yun_proxy::{Metrics as ProxyMetrics, NO_ENDPOINT_WAIT};
 
 use supervisor::{Desired, Shared, Supervisor};
 
@@ -96,6 +96,7 @@ struct Inner {
     logs: LogHub,
     pidfiles: process::PidFiles,
     events: mpsc::UnboundedSender<RuntimeEvent>,
+    metrics: Arc<yun_proxy::Metrics>,
     apps: Mutex<HashMap<String, AppHandle>>,
 }
 
@@ -106,6 +107,7 @@ impl LocalRuntime {
     pub async fn start(
         home: &Path,
         events: mpsc::UnboundedSender<RuntimeEvent>,
+        metrics: Arc<yun_proxy::Metrics>,
     ) -> std::io::Result<(LocalRuntime, usize)> {
         let pidfiles = process::PidFiles::new(home.join("run").join("instances"))?;
         let reaped = pidfiles.reap_leftovers(Duration::from_secs(10)).await;
@@ -113,6 +115,7 @@ impl LocalRuntime {
             logs: LogHub::new(home.join("logs")),
             pidfiles,
             events,
+            metrics,
             apps: Mutex::new(HashMap::new()),
         };
         Ok((LocalRuntime { inner: Arc::new(inner) }, reaped))
@@ -147,6 +150,7 @@ impl LocalRuntime {
             logs: self.inner.logs.clone(),
             pidfiles: self.inner.pidfiles.clone(),
             events: self.inner.events.clone(),
+            metrics: self.inner.metrics.clone(),
             availability: tokio::sync::Notify::new(),
         });
         let task = tokio::spawn(app_actor(shared, rx, statuses.clone()));

@@ -129,6 +129,8 @@ pub(crate) struct Shared {
     pub logs: LogHub,
     pub pidfiles: PidFiles,
     pub events: mpsc::UnboundedSender<RuntimeEvent>,
+    /// Data-plane metrics.
+    pub metrics: Arc<yun_proxy::Metrics>,
     /// Pinged when a component's availability changes, so dependants start at once.
     pub availability: tokio::sync::Notify,
 }
@@ -538,7 +540,9 @@ impl Supervisor {
             if self.ports.iter().any(|p| p.port == *port) {
                 continue;
             }
-            match yun_proxy::bind(*port, self.name.clone(), port_config(desired)).await {
+            let (app, name, metrics) =
+                (self.shared.app.clone(), self.name.clone(), self.shared.metrics.clone());
+            match yun_proxy::bind(*port, app, name, port_config(desired), metrics).await {
                 Ok(p) => self.ports.push(p),
                 Err(e) => errors.push(format!("cannot listen on service port {port}: {e}")),
             }
@@ -953,11 +957,13 @@ impl Supervisor {
 
     fn publish_endpoints(&self) {
         for (k, port) in self.ports.iter().enumerate() {
-            let addrs: Vec<SocketAddr> = self
+            let addrs: Vec<(SocketAddr, String)> = self
                 .instances
                 .iter()
                 .filter(|i| i.ready && !i.retiring && i.phase == Phase::Running)
-                .filter_map(|i| i.ports.get(k).map(|(_, p)| SocketAddr::from(([127, 0, 0, 1], *p))))
+                .filter_map(|i| {
+                    i.ports.get(k).map(|(_, p)| (SocketAddr::from(([127, 0, 0, 1], *p)), i.id.clone()))
+                })
                 .collect();
             port.endpoints.set(addrs);
         }

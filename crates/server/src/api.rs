@@ -68,6 +68,7 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
         .route("/api/v1/apps/{name}/logs", get(logs))
         .route("/api/v1/events", get(events))
         .route("/openapi.json", get(|| async { Json(openapi::openapi_spec()) }))
+        .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(ctx.clone(), auth));
     Router::new()
         .merge(api)
@@ -149,6 +150,57 @@ fn actor(headers: &HeaderMap) -> String {
         .take(64)
         .collect();
     format!("user:{}", if name.is_empty() { "unknown" } else { &name })
+}
+
+/// The daemon's metrics: OpenMetrics when the scraper asks for it, else the classic Prometheus
+/// text format (0.0.4), which `promtool check metrics` and older scrapers read.
+async fn metrics(State(ctx): Shared, headers: HeaderMap) -> ApiResult<Response> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &ctx.registry)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}")))?;
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    if openmetrics {
+        return Ok((
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            text,
+        )
+            .into_response());
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], classic_text(&text))
+        .into_response())
+}
+
+/// OpenMetrics → Prometheus 0.0.4 text: counter families take their `_total` sample name in
+/// HELP and TYPE, and the `# EOF` marker goes.
+fn classic_text(openmetrics: &str) -> String {
+    let lines: Vec<&str> = openmetrics.lines().collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for (i, line) in lines.iter().enumerate() {
+        if *line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let family_of = |l: &str| l.split_whitespace().nth(2).map(str::to_string);
+        let is_counter = |name: &str| {
+            lines[i..].iter().take(3).any(|l| {
+                l.starts_with("# TYPE ")
+                    && l.split_whitespace().nth(2) == Some(name)
+                    && l.ends_with(" counter")
+            })
+        };
+        match family_of(line) {
+            Some(name)
+                if (line.starts_with("# HELP ") || line.starts_with("# TYPE ")) && is_counter(&name) =>
+            {
+                out.push_str(&line.replacen(&format!(" {name} "), &format!(" {name}_total "), 1));
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 async fn version() -> Json<Value> {

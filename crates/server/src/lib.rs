@@ -80,6 +80,7 @@ pub(crate) struct Ctx {
     pub runtime: LocalRuntime,
     pub token: String,
     pub reconcile: mpsc::UnboundedSender<String>,
+    pub registry: prometheus_client::registry::Registry,
 }
 
 /// Runs the daemon until `shutdown` resolves, then stops all instances gracefully.
@@ -99,7 +100,10 @@ pub async fn run(
     let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: config.listen, source })?;
     let token = ensure_token(home).map_err(home_err)?;
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
-    let (runtime, reaped) = LocalRuntime::start(home, events_tx).await.map_err(ServerError::Runtime)?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let proxy_metrics = Arc::new(yun_proxy::Metrics::register(&mut registry));
+    let (runtime, reaped) =
+        LocalRuntime::start(home, events_tx, proxy_metrics).await.map_err(ServerError::Runtime)?;
     if reaped > 0 {
         let _ = store.record(NewEvent {
             app: None,
@@ -111,7 +115,7 @@ pub async fn run(
         });
     }
     let (reconcile_tx, reconcile_rx) = mpsc::unbounded_channel();
-    let ctx = Arc::new(Ctx { store, runtime, token, reconcile: reconcile_tx });
+    let ctx = Arc::new(Ctx { store, runtime, token, reconcile: reconcile_tx, registry });
 
     // Runtime events go to the event log.
     let ev_ctx = ctx.clone();

@@ -48,6 +48,7 @@ pub fn openapi_spec() -> Value {
             "/api/v1/apps/{name}/scale": {"post": op("Override a component's replicas until the next new revision", &[name], Some("Scale"), "scaled")},
             "/api/v1/apps/{name}/stop": {"post": op("Stop all instances, keeping the app; the next apply starts it", &[name], None, "stopped")},
             "/api/v1/apps/{name}/logs": {"get": op("Instance output as newline-delimited JSON", &[name, ("component", "query", "string"), ("instance", "query", "string"), ("since", "query", "string"), ("tail", "query", "integer"), ("follow", "query", "boolean")], None, "log lines")},
+            "/metrics": {"get": {"summary": "Prometheus metrics (OpenMetrics text)", "responses": {"200": {"description": "metrics", "content": {"application/openmetrics-text": {}}}, "401": {"$ref": "#/components/responses/Unauthorized"}}}},
             "/api/v1/events": {"get": op("Event and audit log", &[("app", "query", "string"), ("after", "query", "integer"), ("limit", "query", "integer")], None, "events")}
         },
         "components": {

@@ -5,5 +5,6 @@ mod dataplane;
 mod example;
 mod jobs;
 mod lifecycle;
+mod metrics;
 mod resilience;
 mod support;

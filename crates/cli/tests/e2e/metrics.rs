@@ -1,0 +1,75 @@
+//! Prometheus metrics of the data plane on the daemon's `/metrics`.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::support::*;
+
+#[test]
+fn metrics_count_requests_rejections_and_retries_and_pass_promtool() {
+    let d = Daemon::start();
+    let port = free_port();
+    let manifest = format!(
+        r#"apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: metered
+spec:
+  components:
+    - name: api
+      type: webservice
+      properties:
+        cmd: ["{TESTSVC}"]
+        ports: [{{port: {port}}}]
+        env: [{{name: FAIL_EVERY, value: "2"}}]
+      traits:
+        - type: resilience
+          properties:
+            retries: {{on: [5xx], budgetRatio: 1.0}}
+            routes:
+              - match: {{pathPrefix: /limited}}
+                rateLimit: {{qps: 1}}
+"#
+    );
+    d.apply("metered.yaml", &manifest);
+    d.wait_phase("metered", "running", 30);
+    let mut http = Http::new(&format!("127.0.0.1:{port}"));
+    for _ in 0..10 {
+        assert_eq!(http.get("/").unwrap().0, 200);
+    }
+    let limited: Vec<u16> = (0..5).map(|_| http.get("/limited").unwrap().0).collect();
+    assert!(limited.contains(&429), "{limited:?}");
+
+    let token = format!("Bearer {}", d.token());
+    let (code, _) = Http::new(&d.api_addr()).get("/metrics").unwrap();
+    assert_eq!(code, 401, "metrics need the token too");
+    let (code, text) =
+        Http::new(&d.api_addr()).request("GET", "/metrics", &[("authorization", &token)], "").unwrap();
+    assert_eq!(code, 200);
+    for needle in [
+        r#"yun_proxy_requests_total{app="metered",component="api",route="default",instance="api-"#,
+        r#"class="2xx"} "#,
+        r#"yun_proxy_rejections_total{app="metered",component="api",route="/limited",policy="rateLimit"}"#,
+        r#"yun_proxy_retries_total{app="metered",component="api",route="default"}"#,
+        r#"yun_proxy_request_duration_seconds_bucket{le="+Inf",app="metered",component="api",route="default"} 10"#,
+        "yun_proxy_requests_in_flight{",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+
+    let promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is needed (Debian package prometheus; scripts/test installs it)");
+    promtool.stdin.as_ref().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,118 @@
+//! The data plane's metrics: one place for their names, labels and buckets. They are registered
+//! in the daemon's Prometheus registry and served on its `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of a route's series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub app: String,
+    pub component: String,
+    pub route: String,
+}
+
+/// Labels of a request count.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub app: String,
+    pub component: String,
+    pub route: String,
+    /// The instance that answered, or `none` when the proxy answered itself.
+    pub instance: String,
+    /// `2xx` … `5xx`.
+    pub class: String,
+}
+
+/// Labels of a refusal by a policy.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub app: String,
+    pub component: String,
+    pub route: String,
+    /// `rateLimit`, `concurrency`, `circuitBreaker` or `timeout`.
+    pub policy: String,
+}
+
+/// Labels of a component's series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComponentLabels {
+    pub app: String,
+    pub component: String,
+}
+
+/// Labels of an instance's series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    pub app: String,
+    pub component: String,
+    pub instance: String,
+}
+
+type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+/// The data plane's metric families.
+pub struct Metrics {
+    pub(crate) requests: Family<RequestLabels, Counter>,
+    pub(crate) duration: HistogramFamily,
+    pub(crate) in_flight: Family<ComponentLabels, Gauge>,
+    pub(crate) retries: Family<RouteLabels, Counter>,
+    pub(crate) breaker: Family<RouteLabels, Gauge>,
+    pub(crate) rejections: Family<RejectLabels, Counter>,
+    pub(crate) ejections: Family<InstanceLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms … ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Metrics {
+    /// Creates the families and registers them under the `yun_proxy` prefix.
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let m = Metrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            in_flight: Family::default(),
+            retries: Family::default(),
+            breaker: Family::default(),
+            rejections: Family::default(),
+            ejections: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("yun_proxy");
+        r.register(
+            "requests",
+            "Requests through service addresses, by answering instance and status class",
+            m.requests.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Time from receiving a request to its response head",
+            m.duration.clone(),
+        );
+        r.register("requests_in_flight", "Requests being handled", m.in_flight.clone());
+        r.register("retries", "Attempts sent again after a failure", m.retries.clone());
+        r.register(
+            "circuit_breaker_state",
+            "Circuit breaker state: 0 closed, 1 open, 2 half-open",
+            m.breaker.clone(),
+        );
+        r.register("rejections", "Requests refused by a policy", m.rejections.clone());
+        r.register("ejections", "Instances ejected after consecutive failures", m.ejections.clone());
+        m
+    }
+
+    /// Families not registered anywhere, for ports bound without a registry (tests).
+    pub fn unregistered() -> Metrics {
+        Metrics::register(&mut Registry::default())
+    }
+}
+
+/// The status class label of a status code.
+pub(crate) fn class(status: u16) -> String {
+    format!("{}xx", status / 100)
+}
