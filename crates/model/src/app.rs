@@ -106,6 +106,9 @@ pub struct Component {
     /// Traffic policies of the service address (from the `resilience` trait).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resilience: Option<crate::resilience::Resilience>,
+    /// Balancing and fault injection of the service address (from the `traffic` trait).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<crate::resilience::Traffic>,
 }
 
 impl Component {
@@ -115,6 +118,7 @@ impl Component {
         let mut c = self.clone();
         c.replicas = 0;
         c.resilience = None;
+        c.traffic = None;
         content_hash(&c)
     }
 }

@@ -14,8 +14,8 @@ mod yaml;
 
 pub use app::{App, Component, ComponentKind, JobSpec, ScheduleSpec, service_env_prefix};
 pub use resilience::{
-    BreakerStrategy, CircuitBreaker, Concurrency, Dur, Policy, RateBehavior, RateLimit, Resilience, Retries,
-    RetryOn, Route, RouteMatch,
+    BreakerStrategy, CircuitBreaker, Concurrency, Dur, Fault, FaultAbort, FaultDelay, LoadBalancer, Policy,
+    RateBehavior, RateLimit, Resilience, Retries, RetryOn, Route, RouteMatch, Traffic,
 };
 pub use schema::application_schema;
 pub use spec::{

@@ -418,3 +418,89 @@ mod tests {
         assert_eq!(Dur::parse("1500ms").unwrap().to_string(), "1500ms");
     }
 }
+
+/// How a service address picks an instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadBalancer {
+    /// Power of two choices over peak-EWMA latency × outstanding requests (the default).
+    #[default]
+    #[serde(rename = "p2c-ewma")]
+    P2cEwma,
+    /// Power of two choices over outstanding requests.
+    LeastRequest,
+    /// In turn.
+    RoundRobin,
+}
+
+/// A delay injected into a share of requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FaultDelay {
+    /// How long.
+    pub duration: Dur,
+    /// Share of requests, 0–100.
+    pub percent: f64,
+}
+
+/// An error answered instead of forwarding, for a share of requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FaultAbort {
+    /// Status answered (400–599).
+    pub status: u16,
+    /// Share of requests, 0–100.
+    pub percent: f64,
+}
+
+/// Fault injection for testing resilience: delay and/or abort a share of matching requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Fault {
+    /// Which requests (default: all).
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub matches: Option<RouteMatch>,
+    /// Delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    /// Abort.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+}
+
+/// The `traffic` trait: how requests to a webservice are spread and what faults they meet.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Traffic {
+    /// Instance choice (default p2c-ewma).
+    #[serde(default)]
+    pub load_balancer: LoadBalancer,
+    /// Injected faults, first match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<Fault>,
+}
+
+/// Problems in a `traffic` trait: (field path, message).
+pub fn check_traffic(t: &Traffic) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (i, f) in t.faults.iter().enumerate() {
+        let at = format!("faults[{i}]");
+        if f.delay.is_none() && f.abort.is_none() {
+            out.push((at.clone(), "a fault needs delay and/or abort".into()));
+        }
+        if let Some(d) = &f.delay
+            && !(0.0..=100.0).contains(&d.percent)
+        {
+            out.push((format!("{at}.delay.percent"), "must be between 0 and 100".into()));
+        }
+        if let Some(a) = &f.abort {
+            if !(0.0..=100.0).contains(&a.percent) {
+                out.push((format!("{at}.abort.percent"), "must be between 0 and 100".into()));
+            }
+            if !(400..=599).contains(&a.status) {
+                out.push((format!("{at}.abort.status"), "must be an error status, 400–599".into()));
+            }
+        }
+    }
+    out
+}

@@ -30,6 +30,7 @@ pub fn application_schema() -> Value {
         ("labels", to_value::<MetadataTrait>()),
         ("annotations", to_value::<MetadataTrait>()),
         ("resilience", to_value::<crate::resilience::ResilienceProperties>()),
+        ("traffic", to_value::<crate::resilience::Traffic>()),
     ]
     .into_iter()
     .map(|(t, s)| {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub const COMPONENT_TYPES: &[&str] = &["webservice", "worker", "task", "cron-task"];
 
 /// The traits Yun runs.
-pub const TRAIT_TYPES: &[&str] = &["scaler", "env", "labels", "annotations", "resilience"];
+pub const TRAIT_TYPES: &[&str] = &["scaler", "env", "labels", "annotations", "resilience", "traffic"];
 
 /// KubeVela component types that Yun recognises but does not run yet.
 pub const UNSUPPORTED_COMPONENT_TYPES: &[&str] = &[

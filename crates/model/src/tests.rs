@@ -342,3 +342,40 @@ fn contradictory_and_out_of_range_policies_are_refused_with_paths() {
     let d = errors(&src);
     assert!(d.iter().any(|x| x.message.contains("applies to requests to a webservice")), "{d:#?}");
 }
+
+#[test]
+fn traffic_trait_is_validated() {
+    let with_traffic = |props: &str| {
+        GOOD.replace(
+            "        - type: labels\n          properties:\n            tier: web\n",
+            &format!("        - type: labels\n          properties:\n            tier: web\n        - type: traffic\n          properties:\n{props}"),
+        )
+    };
+    let app = parse_manifest(&with_traffic("            loadBalancer: least-request\n"), None, Target::Local)
+        .unwrap()
+        .apps
+        .remove(0);
+    assert_eq!(
+        app.component("frontend").unwrap().traffic.as_ref().unwrap().load_balancer,
+        LoadBalancer::LeastRequest
+    );
+    let at = "spec.components[0].traits[3].properties";
+    for (props, field, needle) in [
+        ("            loadBalancer: random\n", "loadBalancer", "unknown variant"),
+        ("            faults: [{abort: {status: 200, percent: 10}}]\n", "faults[0].abort.status", "400–599"),
+        (
+            "            faults: [{delay: {duration: 1s, percent: 101}}]\n",
+            "faults[0].delay.percent",
+            "between 0 and 100",
+        ),
+        ("            faults: [{match: {pathPrefix: /x}}]\n", "faults[0]", "delay and/or abort"),
+        (
+            "            faults: [{match: {pathPrefix: x}, abort: {status: 500, percent: 1}}]\n",
+            "faults[0].match.pathPrefix",
+            "start with '/'",
+        ),
+    ] {
+        let d = errors(&with_traffic(props));
+        assert!(has(&d, &format!("{at}.{field}"), needle), "{field}: {d:#?}");
+    }
+}

@@ -629,6 +629,7 @@ impl Ctx<'_> {
             job,
             schedule,
             resilience: None,
+            traffic: None,
         }
     }
 
@@ -792,6 +793,30 @@ impl Ctx<'_> {
                         );
                     } else if let Some(r) = self.resilience(props, &props_path) {
                         component.resilience = Some(r);
+                    }
+                }
+                "traffic" => {
+                    if component.kind != ComponentKind::Webservice {
+                        self.error(
+                            &join(&at, "type"),
+                            format!(
+                                "\"traffic\" applies to requests to a webservice's address; a {} has none",
+                                component.kind.as_str()
+                            ),
+                        );
+                    } else if let Some(t) = self.typed::<crate::resilience::Traffic>(props, &props_path) {
+                        let problems = crate::resilience::check_traffic(&t);
+                        for (field, msg) in &problems {
+                            self.error(&join(&props_path, field), msg.clone());
+                        }
+                        for (i, f) in t.faults.iter().enumerate() {
+                            if let Some(m) = &f.matches {
+                                self.check_route_match(m, &format!("{props_path}.faults[{i}].match"));
+                            }
+                        }
+                        if problems.is_empty() {
+                            component.traffic = Some(t);
+                        }
                     }
                 }
                 "labels" | "annotations" => {

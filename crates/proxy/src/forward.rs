@@ -17,13 +17,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use yun_model::RetryOn;
+use yun_model::{LoadBalancer, RetryOn};
 
-use crate::endpoints::{Endpoints, Lease};
+use crate::endpoints::{Balancer, Endpoints, Lease};
 use crate::metrics::{
     ComponentLabels, InstanceLabels, Metrics, RejectLabels, RequestLabels, RouteLabels, class,
 };
-use crate::policy::{Admit, Breaker, Guard, Policies, Ticket};
+use crate::policy::{Admit, Breaker, Guard, Policies, Ticket, route_matches};
 use crate::{NO_ENDPOINT_WAIT, PortConfig};
 
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
@@ -61,12 +61,31 @@ pub(crate) struct Proxy {
 pub(crate) struct Active {
     pub config: PortConfig,
     pub policies: Policies,
+    pub balancer: Balancer,
 }
 
 impl Active {
     pub(crate) fn new(config: PortConfig) -> Active {
         let policies = Policies::new(config.resilience.as_ref());
-        Active { config, policies }
+        let balancer = match config.traffic.as_ref().map(|t| t.load_balancer).unwrap_or_default() {
+            LoadBalancer::P2cEwma => Balancer::PeakEwma,
+            LoadBalancer::LeastRequest => Balancer::LeastRequest,
+            LoadBalancer::RoundRobin => Balancer::RoundRobin,
+        };
+        Active { config, policies, balancer }
+    }
+
+    /// The fault to inject into this request, if any: (delay, abort status).
+    fn fault(&self, method: &str, path: &str) -> (Option<Duration>, Option<u16>) {
+        let Some(f) = self.config.traffic.as_ref().and_then(|t| {
+            t.faults.iter().find(|f| f.matches.as_ref().is_none_or(|m| route_matches(m, method, path)))
+        }) else {
+            return (None, None);
+        };
+        let roll = |percent: f64| rand::random::<f64>() * 100.0 < percent;
+        let delay = f.delay.as_ref().filter(|d| roll(d.percent)).map(|d| d.duration.0);
+        let abort = f.abort.as_ref().filter(|a| roll(a.percent)).map(|a| a.status);
+        (delay, abort)
     }
 }
 
@@ -157,7 +176,18 @@ impl Proxy {
         let (guard, route) = active.policies.for_request(req.method().as_str(), req.uri().path());
         let guard = guard.clone();
         let mut trace = Trace::default();
-        let resp = self.guarded(req, peer, &active, &guard, &route, &mut trace).await;
+        let (delay, abort) = active.fault(req.method().as_str(), req.uri().path());
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        let resp = match abort {
+            Some(status) => refusal(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                "fault injected by the traffic trait",
+                Some("fault"),
+            ),
+            None => self.guarded(req, peer, &active, &guard, &route, &mut trace).await,
+        };
         let labels = self.route_labels(&route);
         self.metrics.duration.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
         if trace.retries > 0 {
@@ -345,9 +375,9 @@ impl Proxy {
                 ));
             }
             // Prefer an instance not tried yet; fall back to any.
-            let lease = match self.endpoints.pick(active.config.balancer, &tried) {
+            let lease = match self.endpoints.pick(active.balancer, &tried) {
                 Some(l) => l,
-                None => match self.endpoints.pick(active.config.balancer, &[]) {
+                None => match self.endpoints.pick(active.balancer, &[]) {
                     Some(l) => l,
                     None => continue,
                 },

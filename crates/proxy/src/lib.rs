@@ -28,10 +28,10 @@ pub const NO_ENDPOINT_WAIT: Duration = Duration::from_secs(30);
 /// What a service port does with requests; replaced atomically by [`ServicePort::configure`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PortConfig {
-    /// Endpoint choice.
-    pub balancer: Balancer,
     /// Timeouts, retries, breaker, limits (the component's `resilience` trait).
     pub resilience: Option<yun_model::Resilience>,
+    /// Balancing and fault injection (the component's `traffic` trait).
+    pub traffic: Option<yun_model::Traffic>,
 }
 
 /// A bound service port and its forwarding task; dropping it closes the port.

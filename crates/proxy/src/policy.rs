@@ -36,14 +36,18 @@ impl Policies {
     /// The first route whose match fits, else the component's policy; with the route's name.
     pub(crate) fn for_request(&self, method: &str, path: &str) -> (&Arc<Guard>, String) {
         for (m, g) in &self.routes {
-            let path_ok = m.path_prefix.as_deref().is_none_or(|p| path.starts_with(p));
-            let method_ok = m.methods.is_empty() || m.methods.iter().any(|x| x == method);
-            if path_ok && method_ok {
+            if route_matches(m, method, path) {
                 return (g, route_name(m));
             }
         }
         (&self.default, "default".into())
     }
+}
+
+/// Whether a request fits a route match (path prefix and method list, both optional).
+pub(crate) fn route_matches(m: &RouteMatch, method: &str, path: &str) -> bool {
+    m.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
+        && (m.methods.is_empty() || m.methods.iter().any(|x| x == method))
 }
 
 fn route_name(m: &RouteMatch) -> String {

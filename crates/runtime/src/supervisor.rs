@@ -215,8 +215,8 @@ const STARTUP_PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
 fn port_config(desired: &Desired) -> yun_proxy::PortConfig {
     yun_proxy::PortConfig {
-        balancer: yun_proxy::Balancer::default(),
         resilience: desired.component.resilience.clone(),
+        traffic: desired.component.traffic.clone(),
     }
 }
 

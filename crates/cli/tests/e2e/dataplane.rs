@@ -180,3 +180,47 @@ fn a_failing_instance_is_ejected_while_traffic_flows() {
     // yun_proxy::EJECT_AFTER_FAILURES consecutive failures eject the instance.
     assert!(failed <= 5, "failures stop once the instance is ejected: {failed}");
 }
+
+fn traffic_app(name: &str, port: u16, replicas: u32, traffic: &str) -> String {
+    format!(
+        "{}        - type: traffic\n          properties:\n{traffic}\n",
+        app_with(name, port, replicas, "")
+    )
+}
+
+#[test]
+fn round_robin_is_selectable_and_spreads_evenly() {
+    let d = Daemon::start();
+    let port = free_port();
+    d.apply("rr.yaml", &traffic_app("rr", port, 3, "            loadBalancer: round-robin"));
+    eventually(30, "3 ready", || (d.status("rr")["components"][0]["ready"] == 3).then_some(()));
+    let mut http = Http::new(&format!("127.0.0.1:{port}"));
+    let mut seen = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..30 {
+        let (_, body) = http.get("/").unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        *seen.entry(v["instance"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen.values().all(|n| *n == 10), "exactly in turn: {seen:?}");
+}
+
+#[test]
+fn faults_are_injected_by_route_and_share() {
+    let d = Daemon::start();
+    let port = free_port();
+    let traffic = "            faults:\n              - match: {pathPrefix: /always}\n                abort: {status: 418, percent: 100}\n              - match: {pathPrefix: /half}\n                abort: {status: 503, percent: 50}\n              - match: {pathPrefix: /slow}\n                delay: {duration: 300ms, percent: 100}";
+    d.apply("faults.yaml", &traffic_app("faults", port, 1, traffic));
+    d.wait_phase("faults", "running", 30);
+    let mut http = Http::new(&format!("127.0.0.1:{port}"));
+    let (code, body) = http.get("/always").unwrap();
+    assert_eq!(code, 418);
+    assert!(body.contains("\"policy\":\"fault\""), "{body}");
+    assert_eq!(http.get("/").unwrap().0, 200, "unmatched requests are untouched");
+    let aborted = (0..400).filter(|_| http.get("/half").unwrap().0 == 503).count();
+    // Binomial(400, 0.5): mean 200, sd 10; ±5 sd.
+    assert!((150..=250).contains(&aborted), "{aborted} of 400 aborted at 50%");
+    let t = std::time::Instant::now();
+    http.get("/slow").unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(300));
+}
