@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# Data-plane benchmark, side by side on one machine in one run: a trivial upstream (nginx,
+# `return 200`) reached four ways — direct, through Yun's service address, through HAProxy and
+# through nginx as a proxy (both from Debian, configured equivalently: one worker/thread,
+# keep-alive to the upstream, no logging). Each path gets fixed-rate load (1k and 5k req/s,
+# open loop with latency correction) and maximum throughput; the proxy's RSS and CPU are read
+# from /proc. Proxies run on core 0; the load generator and upstream on core 1.
+#
+# Needs: haproxy, nginx (apt), oha (cargo install oha). Installs what is missing.
+# Usage: scripts/bench-proxy.sh [seconds per run, default 10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECS=${1:-10}
+for pkg in haproxy nginx; do
+  command -v "$pkg" >/dev/null || apt-get install -y --no-install-recommends "$pkg" >/dev/null
+done
+command -v oha >/dev/null || cargo install oha --locked >/dev/null
+cargo build --release -p yun >/dev/null 2>&1
+YUN=$PWD/target/release/yun
+
+work=$(mktemp -d)
+export YUN_HOME=$work/home YUN_LISTEN=127.0.0.1:0
+pids=()
+cleanup() {
+  "$YUN" delete bench >/dev/null 2>&1 || true
+  [ -f "$YUN_HOME/daemon.json" ] && kill "$(daemon_pid)" 2>/dev/null || true
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 1
+  rm -rf "$work"
+}
+trap cleanup EXIT
+daemon_pid() { sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' "$YUN_HOME/daemon.json"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# The upstream: nginx as a Yun component, so Yun proxies to an instance it runs; the other
+# paths reach the same instance port.
+mkdir -p "$work/up"
+cat > "$work/up/nginx.tmpl" <<'EOF'
+worker_processes 1;
+daemon off;
+pid WORK/up/nginx.pid;
+error_log stderr error;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 100000;
+  server { listen 127.0.0.1:PORT; location / { return 200 "hello\n"; } }
+}
+EOF
+sed -i "s#WORK#$work#" "$work/up/nginx.tmpl"
+svc_port=$(free_port)
+cat > "$work/bench.yaml" <<EOF
+apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata: {name: bench}
+spec:
+  components:
+    - name: upstream
+      type: webservice
+      properties:
+        cmd: ["sh", "-c", "sed s/PORT/\$PORT/ $work/up/nginx.tmpl > $work/up/nginx.conf && exec taskset -c 1 nginx -c $work/up/nginx.conf"]
+        ports: [{port: $svc_port}]
+EOF
+TOKIO_WORKER_THREADS=1 taskset -c 0 "$YUN" server >"$work/daemon.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [ -f "$YUN_HOME/daemon.json" ] && break; sleep 0.05; done
+"$YUN" up -d -f "$work/bench.yaml" >/dev/null
+up_port=$("$YUN" status bench -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["components"][0]["instances"][0]["ports"][0])')
+
+hap_port=$(free_port)
+cat > "$work/haproxy.cfg" <<EOF
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+frontend fe
+  bind 127.0.0.1:$hap_port
+  default_backend be
+backend be
+  http-reuse safe
+  server u 127.0.0.1:$up_port
+EOF
+taskset -c 0 haproxy -f "$work/haproxy.cfg" >/dev/null 2>&1 &
+pids+=($!)
+hap_pid=$!
+
+ngx_port=$(free_port)
+mkdir -p "$work/ngx"
+cat > "$work/ngx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/ngx/nginx.pid;
+error_log stderr error;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream up { server 127.0.0.1:$up_port; keepalive 64; }
+  server {
+    listen 127.0.0.1:$ngx_port;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+EOF
+taskset -c 0 nginx -c "$work/ngx/nginx.conf" >/dev/null 2>&1 &
+ngx_master=$!
+pids+=($ngx_master)
+sleep 1
+ngx_pids="$ngx_master,$(pgrep -P "$ngx_master" | tr '\n' ',' | sed 's/,$//')"
+
+# Path name, port, pids of the proxy ("-" for direct).
+paths=("direct $up_port -" "yun $svc_port $(daemon_pid)" "haproxy $hap_port $hap_pid" "nginx $ngx_port $ngx_pids")
+
+rss_kb() { local t=0; for p in ${1//,/ }; do t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo $t; }
+hwm_kb() { local t=0; for p in ${1//,/ }; do t=$((t + $(awk '/VmHWM/ {print $2}' "/proc/$p/status"))); done; echo $t; }
+ticks() { local t=0; for p in ${1//,/ }; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+hz=$(getconf CLK_TCK)
+
+run_oha() { # port, rate or "max"
+  local args=(-z "${SECS}s" -c 16 --no-tui --output-format json)
+  if [ "$2" = max ]; then args=(-z "${SECS}s" -c 64 --no-tui --output-format json); else args+=(-q "$2" --latency-correction); fi
+  taskset -c 1 oha "${args[@]}" "http://127.0.0.1:$1/" 2>/dev/null
+}
+
+# Warm-up.
+for p in "${paths[@]}"; do set -- $p; taskset -c 1 oha -z 2s -c 16 --no-tui "http://127.0.0.1:$2/" >/dev/null 2>&1; done
+
+results=$work/results.txt
+: > "$results"
+for rate in 1000 5000 max; do
+  for p in "${paths[@]}"; do
+    set -- $p
+    name=$1; port=$2; pp=$3
+    t0=0; [ "$pp" != - ] && t0=$(ticks "$pp")
+    json=$(run_oha "$port" "$rate")
+    t1=0; [ "$pp" != - ] && t1=$(ticks "$pp")
+    rss=-; hwm=-; cpu=-
+    if [ "$pp" != - ]; then
+      rss=$(( $(rss_kb "$pp") / 1024 )); hwm=$(( $(hwm_kb "$pp") / 1024 ))
+      cpu=$(awk -v d=$((t1 - t0)) -v hz="$hz" -v s="$SECS" 'BEGIN {printf "%.0f", d / hz / s * 100}')
+    fi
+    echo "$json" | python3 -c "
+import json,sys
+d=json.load(sys.stdin)
+lat=d.get('latencyPercentiles',{})
+s=d['summary']
+codes=d.get('statusCodeDistribution',{})
+ok=codes.get('200',0); total=sum(codes.values()) + sum(d.get('errorDistribution',{}).values())
+print('$rate $name %.1f %.1f %.0f %d %d $rss $hwm $cpu' % (lat['p50']*1e6, lat['p99']*1e6, s['requestsPerSec'], ok, total))
+" >> "$results"
+  done
+done
+
+python3 - "$results" "$SECS" <<'EOF'
+import sys
+rows=[l.split() for l in open(sys.argv[1])]
+secs=sys.argv[2]
+by={(r[0],r[1]):r for r in rows}
+print(f"Side-by-side proxy benchmark ({secs} s per run, 16 connections at fixed rates, 64 at max)")
+for rate in ["1000","5000","max"]:
+    d=by[(rate,"direct")]
+    print()
+    if rate=="max":
+        print("max throughput | req/s | vs HAProxy | proxy RSS MiB (peak) | proxy CPU %")
+        for name in ["direct","yun","haproxy","nginx"]:
+            r=by[(rate,name)]
+            ratio=float(r[4])/float(by[(rate,'haproxy')][4])
+            print(f"{name:8} | {float(r[4]):9.0f} | {ratio:5.2f}x | {r[7]} ({r[8]}) | {r[9]}")
+    else:
+        print(f"{rate} req/s | p50 µs | p99 µs | added p50 | added p99 | ok/total | RSS MiB (peak) | CPU %")
+        for name in ["direct","yun","haproxy","nginx"]:
+            r=by[(rate,name)]
+            a50=float(r[2])-float(d[2]); a99=float(r[3])-float(d[3])
+            print(f"{name:8} | {float(r[2]):7.0f} | {float(r[3]):7.0f} | {a50:+7.0f} | {a99:+7.0f} | {r[5]}/{r[6]} | {r[7]} ({r[8]}) | {r[9]}")
+        y=by[(rate,'yun')]; h=by[(rate,'haproxy')]
+        ay=float(y[3])-float(d[3]); ah=float(h[3])-float(d[3])
+        print(f"added p99 yun/haproxy: {ay/ah:.2f}" if ah>0 else "added p99 haproxy <= 0")
+EOF
