@@ -35,6 +35,8 @@ pub enum Balancer {
 /// One instance address and what the proxy knows of it.
 pub struct Endpoint {
     pub addr: SocketAddr,
+    /// `addr` as a URI authority, parsed once.
+    pub authority: hyper::http::uri::Authority,
     /// Instance id, for metrics.
     pub id: String,
     in_flight: AtomicUsize,
@@ -54,6 +56,9 @@ impl Endpoint {
     fn new(addr: SocketAddr, id: String, rtt: f64) -> Endpoint {
         Endpoint {
             addr,
+            // A socket address always forms a valid authority.
+            authority: hyper::http::uri::Authority::try_from(addr.to_string().as_str())
+                .unwrap_or_else(|_| hyper::http::uri::Authority::from_static("127.0.0.1")),
             id,
             in_flight: AtomicUsize::new(0),
             stats: Mutex::new(Stats { rtt, updated: Instant::now(), ejected_until: None, ejections: 0 }),
@@ -96,6 +101,11 @@ impl Lease {
     /// The chosen address.
     pub fn addr(&self) -> SocketAddr {
         self.endpoint.addr
+    }
+
+    /// The chosen address as a URI authority.
+    pub fn authority(&self) -> &hyper::http::uri::Authority {
+        &self.endpoint.authority
     }
 
     /// The chosen instance's id.

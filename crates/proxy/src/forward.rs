@@ -20,9 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use yun_model::{LoadBalancer, RetryOn};
 
 use crate::endpoints::{Balancer, Endpoints, Lease};
-use crate::metrics::{
-    ComponentLabels, InstanceLabels, Metrics, RejectLabels, RequestLabels, RouteLabels, class,
-};
+use crate::metrics::{ComponentLabels, InstanceLabels, Metrics, RejectLabels, RouteLabels, RouteSeries};
 use crate::policy::{Admit, Breaker, Guard, Policies, Ticket, route_matches};
 use crate::{NO_ENDPOINT_WAIT, PortConfig};
 
@@ -51,6 +49,8 @@ pub(crate) struct Proxy {
     app: String,
     component: String,
     metrics: Arc<Metrics>,
+    in_flight: prometheus_client::metrics::gauge::Gauge,
+    series: RwLock<std::collections::HashMap<String, Arc<RouteSeries>>>,
     endpoints: Arc<Endpoints>,
     active: Arc<RwLock<Arc<Active>>>,
     http1: Client<HttpConnector, Body>,
@@ -153,28 +153,53 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(30))
             .http2_only(true)
             .build(connector);
-        Proxy { app, component, metrics, endpoints, active, http1, http2 }
+        let in_flight = metrics
+            .in_flight
+            .get_or_create(&ComponentLabels { app: app.clone(), component: component.clone() })
+            .clone();
+        Proxy {
+            app,
+            component,
+            metrics,
+            in_flight,
+            series: Default::default(),
+            endpoints,
+            active,
+            http1,
+            http2,
+        }
     }
 
     fn active(&self) -> Arc<Active> {
         self.active.read().map(|c| c.clone()).unwrap_or_else(|_| Arc::new(Active::new(PortConfig::default())))
     }
 
-    fn route_labels(&self, route: &str) -> RouteLabels {
-        RouteLabels { app: self.app.clone(), component: self.component.clone(), route: route.to_string() }
+    /// The cached series of a route.
+    fn series(&self, route: &str) -> Arc<RouteSeries> {
+        if let Some(s) = self.series.read().ok().and_then(|m| m.get(route).cloned()) {
+            return s;
+        }
+        let labels = RouteLabels {
+            app: self.app.clone(),
+            component: self.component.clone(),
+            route: route.to_string(),
+        };
+        let s = Arc::new(self.metrics.route(labels));
+        if let Ok(mut m) = self.series.write() {
+            m.insert(route.to_string(), s.clone());
+        }
+        s
     }
 
     pub(crate) async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let component = ComponentLabels { app: self.app.clone(), component: self.component.clone() };
-        let gauge = self.metrics.in_flight.get_or_create(&component).clone();
-        gauge.inc();
+        self.in_flight.inc();
+        let in_flight = self.in_flight.clone();
         let _in_flight = scopeguard(move || {
-            gauge.dec();
+            in_flight.dec();
         });
         let start = std::time::Instant::now();
         let active = self.active();
-        let (guard, route) = active.policies.for_request(req.method().as_str(), req.uri().path());
-        let guard = guard.clone();
+        let guard = active.policies.for_request(req.method().as_str(), req.uri().path()).clone();
         let mut trace = Trace::default();
         let (delay, abort) = active.fault(req.method().as_str(), req.uri().path());
         if let Some(d) = delay {
@@ -186,33 +211,26 @@ impl Proxy {
                 "fault injected by the traffic trait",
                 Some("fault"),
             ),
-            None => self.guarded(req, peer, &active, &guard, &route, &mut trace).await,
+            None => self.guarded(req, peer, &active, &guard, &mut trace).await,
         };
-        let labels = self.route_labels(&route);
-        self.metrics.duration.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
+        let series = self.series(&guard.name);
+        series.duration.observe(start.elapsed().as_secs_f64());
         if trace.retries > 0 {
-            self.metrics.retries.get_or_create(&labels).inc_by(trace.retries.into());
+            series.retries.inc_by(trace.retries.into());
         }
         if let Some(policy) = resp.headers().get("x-yun-policy").and_then(|v| v.to_str().ok()) {
             let reject = RejectLabels {
                 app: self.app.clone(),
                 component: self.component.clone(),
-                route: route.clone(),
+                route: guard.name.clone(),
                 policy: policy.to_string(),
             };
             self.metrics.rejections.get_or_create(&reject).inc();
         }
         if let Some(b) = &guard.breaker {
-            self.metrics.breaker.get_or_create(&labels).set(b.state_code());
+            series.breaker().set(b.state_code());
         }
-        let request = RequestLabels {
-            app: self.app.clone(),
-            component: self.component.clone(),
-            route,
-            instance: trace.instance.unwrap_or_else(|| "none".into()),
-            class: class(resp.status().as_u16()),
-        };
-        self.metrics.requests.get_or_create(&request).inc();
+        series.requests(trace.instance.as_deref().unwrap_or("none"), resp.status().as_u16()).inc();
         resp
     }
 
@@ -223,11 +241,8 @@ impl Proxy {
         peer: SocketAddr,
         active: &Active,
         guard: &Guard,
-        route: &str,
         trace: &mut Trace,
     ) -> Response<Body> {
-        let _ = route;
-
         // Admission, cheapest refusal first: rate, then concurrency, then the breaker.
         if let Some(rate) = &guard.rate {
             match rate.acquire() {
@@ -387,9 +402,17 @@ impl Proxy {
             trace.instance = Some(lease.instance().to_string());
             trace.retries = retried;
             let mut out = Request::from_parts(parts.clone(), empty());
-            let uri =
-                format!("http://{addr}{}", parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
-            *out.uri_mut() = match uri.parse() {
+            let mut uri = hyper::http::uri::Parts::default();
+            uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
+            uri.authority = Some(lease.authority().clone());
+            uri.path_and_query = Some(
+                parts
+                    .uri
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/")),
+            );
+            *out.uri_mut() = match hyper::Uri::from_parts(uri) {
                 Ok(u) => u,
                 Err(_) => return Ok(error(StatusCode::BAD_REQUEST, "invalid request target")),
             };

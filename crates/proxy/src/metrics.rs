@@ -112,7 +112,64 @@ impl Metrics {
     }
 }
 
-/// The status class label of a status code.
-pub(crate) fn class(status: u16) -> String {
-    format!("{}xx", status / 100)
+/// One route's series, looked up once so that a request touches no label strings.
+pub(crate) struct RouteSeries {
+    pub duration: Histogram,
+    pub retries: Counter,
+    breaker: std::sync::OnceLock<Gauge>,
+    breaker_family: Family<RouteLabels, Gauge>,
+    labels: RouteLabels,
+    by_instance: std::sync::RwLock<std::collections::HashMap<String, [Counter; 5]>>,
+    family: Family<RequestLabels, Counter>,
+}
+
+impl RouteSeries {
+    /// The request counter of `instance` for `status`'s class.
+    pub(crate) fn requests(&self, instance: &str, status: u16) -> Counter {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        if let Some(c) = self.by_instance.read().ok().and_then(|m| m.get(instance).map(|c| c[class].clone()))
+        {
+            return c;
+        }
+        let counters: [Counter; 5] = std::array::from_fn(|k| {
+            self.family
+                .get_or_create(&RequestLabels {
+                    app: self.labels.app.clone(),
+                    component: self.labels.component.clone(),
+                    route: self.labels.route.clone(),
+                    instance: instance.to_string(),
+                    class: format!("{}xx", k + 1),
+                })
+                .clone()
+        });
+        let c = counters[class].clone();
+        if let Ok(mut m) = self.by_instance.write() {
+            // Instances come and go; a bounded map keeps memory flat over many rollouts.
+            if m.len() > 1024 {
+                m.clear();
+            }
+            m.insert(instance.to_string(), counters);
+        }
+        c
+    }
+
+    /// The breaker-state gauge, created on first use so routes without a breaker export none.
+    pub(crate) fn breaker(&self) -> &Gauge {
+        self.breaker.get_or_init(|| self.breaker_family.get_or_create(&self.labels).clone())
+    }
+}
+
+impl Metrics {
+    /// The series of one route of a component.
+    pub(crate) fn route(&self, labels: RouteLabels) -> RouteSeries {
+        RouteSeries {
+            duration: self.duration.get_or_create(&labels).clone(),
+            retries: self.retries.get_or_create(&labels).clone(),
+            breaker: std::sync::OnceLock::new(),
+            breaker_family: self.breaker.clone(),
+            by_instance: Default::default(),
+            family: self.requests.clone(),
+            labels,
+        }
+    }
 }

@@ -21,26 +21,30 @@ pub(crate) struct Policies {
 impl Policies {
     pub(crate) fn new(r: Option<&Resilience>) -> Policies {
         match r {
-            None => Policies { routes: Vec::new(), default: Arc::new(Guard::new(&Policy::default())) },
+            None => {
+                Policies { routes: Vec::new(), default: Arc::new(Guard::new("default", &Policy::default())) }
+            }
             Some(r) => Policies {
                 routes: r
                     .routes
                     .iter()
-                    .map(|route| (route.matches.clone(), Arc::new(Guard::new(&route.policy))))
+                    .map(|route| {
+                        let guard = Guard::new(&route_name(&route.matches), &route.policy);
+                        (route.matches.clone(), Arc::new(guard))
+                    })
                     .collect(),
-                default: Arc::new(Guard::new(&r.policy)),
+                default: Arc::new(Guard::new("default", &r.policy)),
             },
         }
     }
 
-    /// The first route whose match fits, else the component's policy; with the route's name.
-    pub(crate) fn for_request(&self, method: &str, path: &str) -> (&Arc<Guard>, String) {
-        for (m, g) in &self.routes {
-            if route_matches(m, method, path) {
-                return (g, route_name(m));
-            }
-        }
-        (&self.default, "default".into())
+    /// The first route whose match fits, else the component's policy.
+    pub(crate) fn for_request(&self, method: &str, path: &str) -> &Arc<Guard> {
+        self.routes
+            .iter()
+            .find(|(m, _)| route_matches(m, method, path))
+            .map(|(_, g)| g)
+            .unwrap_or(&self.default)
     }
 }
 
@@ -60,6 +64,8 @@ fn route_name(m: &RouteMatch) -> String {
 
 /// One route's policy and state.
 pub(crate) struct Guard {
+    /// Route name, as in metrics: `default`, or the match (`GET /api`).
+    pub name: String,
     pub policy: Policy,
     pub rate: Option<RateLimiter>,
     pub bulkhead: Option<Bulkhead>,
@@ -68,8 +74,9 @@ pub(crate) struct Guard {
 }
 
 impl Guard {
-    fn new(p: &Policy) -> Guard {
+    fn new(name: &str, p: &Policy) -> Guard {
         Guard {
+            name: name.to_string(),
             policy: p.clone(),
             rate: p.rate_limit.as_ref().map(RateLimiter::new),
             bulkhead: p.concurrency.as_ref().map(Bulkhead::new),
