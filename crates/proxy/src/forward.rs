@@ -191,7 +191,17 @@ impl Proxy {
         s
     }
 
-    pub(crate) async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub(crate) async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        source: &str,
+    ) -> Response<Body> {
+        // The caller as the platform sees it; whatever a client claimed is replaced.
+        req.headers_mut().remove("x-yun-caller");
+        if let Ok(v) = HeaderValue::from_str(source) {
+            req.headers_mut().insert("x-yun-caller", v);
+        }
         self.in_flight.inc();
         let in_flight = self.in_flight.clone();
         let _in_flight = scopeguard(move || {
@@ -230,7 +240,7 @@ impl Proxy {
         if let Some(b) = &guard.breaker {
             series.breaker().set(b.state_code());
         }
-        series.requests(trace.instance.as_deref().unwrap_or("none"), resp.status().as_u16()).inc();
+        series.requests(source, trace.instance.as_deref().unwrap_or("none"), resp.status().as_u16()).inc();
         resp
     }
 

@@ -6,6 +6,7 @@
 //! runtime tells it which instances are ready ([`Endpoints::set`]) and which policies apply
 //! ([`ServicePort::configure`]), both changeable at any time without dropping requests.
 
+mod caller;
 mod endpoints;
 mod forward;
 mod metrics;
@@ -19,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub use caller::{Callers, EXTERNAL};
 pub use endpoints::{BASE_EJECTION, Balancer, EJECT_AFTER_FAILURES, Endpoints, Lease, MAX_EJECTION};
 pub use metrics::Metrics;
 
@@ -71,6 +73,7 @@ pub async fn bind(
     component: String,
     config: PortConfig,
     metrics: Arc<Metrics>,
+    callers: Arc<Callers>,
 ) -> std::io::Result<ServicePort> {
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     let endpoints = Arc::new(Endpoints::default());
@@ -89,10 +92,18 @@ pub async fn bind(
             };
             let _ = stream.set_nodelay(true);
             let proxy = proxy.clone();
+            let callers = callers.clone();
             tokio::spawn(async move {
+                // Who is calling, once per connection (reads /proc, so off the workers).
+                let local = stream.local_addr().unwrap_or(peer);
+                let source: Arc<str> = tokio::task::spawn_blocking(move || callers.resolve(peer, local))
+                    .await
+                    .unwrap_or_else(|_| EXTERNAL.to_string())
+                    .into();
                 let svc = hyper::service::service_fn(move |req| {
                     let proxy = proxy.clone();
-                    async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer).await) }
+                    let source = source.clone();
+                    async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer, &source).await) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(stream), svc)

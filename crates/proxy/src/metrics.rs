@@ -22,6 +22,8 @@ pub struct RequestLabels {
     pub app: String,
     pub component: String,
     pub route: String,
+    /// The calling component (`app/component`), or `external`.
+    pub source: String,
     /// The instance that answered, or `none` when the proxy answered itself.
     pub instance: String,
     /// `2xx` … `5xx`.
@@ -119,16 +121,19 @@ pub(crate) struct RouteSeries {
     breaker: std::sync::OnceLock<Gauge>,
     breaker_family: Family<RouteLabels, Gauge>,
     labels: RouteLabels,
-    by_instance: std::sync::RwLock<std::collections::HashMap<String, [Counter; 5]>>,
+    /// Counters by source, then instance, then status class.
+    by_caller:
+        std::sync::RwLock<std::collections::HashMap<String, std::collections::HashMap<String, [Counter; 5]>>>,
     family: Family<RequestLabels, Counter>,
 }
 
 impl RouteSeries {
-    /// The request counter of `instance` for `status`'s class.
-    pub(crate) fn requests(&self, instance: &str, status: u16) -> Counter {
+    /// The request counter from `source` answered by `instance` with `status`'s class.
+    pub(crate) fn requests(&self, source: &str, instance: &str, status: u16) -> Counter {
         let class = (status / 100).clamp(1, 5) as usize - 1;
-        if let Some(c) = self.by_instance.read().ok().and_then(|m| m.get(instance).map(|c| c[class].clone()))
-        {
+        let cached =
+            self.by_caller.read().ok().and_then(|m| m.get(source)?.get(instance).map(|c| c[class].clone()));
+        if let Some(c) = cached {
             return c;
         }
         let counters: [Counter; 5] = std::array::from_fn(|k| {
@@ -137,18 +142,19 @@ impl RouteSeries {
                     app: self.labels.app.clone(),
                     component: self.labels.component.clone(),
                     route: self.labels.route.clone(),
+                    source: source.to_string(),
                     instance: instance.to_string(),
                     class: format!("{}xx", k + 1),
                 })
                 .clone()
         });
         let c = counters[class].clone();
-        if let Ok(mut m) = self.by_instance.write() {
-            // Instances come and go; a bounded map keeps memory flat over many rollouts.
-            if m.len() > 1024 {
+        if let Ok(mut m) = self.by_caller.write() {
+            // Instances come and go; a bounded cache keeps memory flat over many rollouts.
+            if m.values().map(|i| i.len()).sum::<usize>() > 4096 {
                 m.clear();
             }
-            m.insert(instance.to_string(), counters);
+            m.entry(source.to_string()).or_default().insert(instance.to_string(), counters);
         }
         c
     }
@@ -167,7 +173,7 @@ impl Metrics {
             retries: self.retries.get_or_create(&labels).clone(),
             breaker: std::sync::OnceLock::new(),
             breaker_family: self.breaker.clone(),
-            by_instance: Default::default(),
+            by_caller: Default::default(),
             family: self.requests.clone(),
             labels,
         }

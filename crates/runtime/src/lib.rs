@@ -97,6 +97,7 @@ struct Inner {
     pidfiles: process::PidFiles,
     events: mpsc::UnboundedSender<RuntimeEvent>,
     metrics: Arc<yun_proxy::Metrics>,
+    callers: Arc<yun_proxy::Callers>,
     apps: Mutex<HashMap<String, AppHandle>>,
 }
 
@@ -116,6 +117,7 @@ impl LocalRuntime {
             pidfiles,
             events,
             metrics,
+            callers: Arc::new(yun_proxy::Callers::default()),
             apps: Mutex::new(HashMap::new()),
         };
         Ok((LocalRuntime { inner: Arc::new(inner) }, reaped))
@@ -151,6 +153,7 @@ impl LocalRuntime {
             pidfiles: self.inner.pidfiles.clone(),
             events: self.inner.events.clone(),
             metrics: self.inner.metrics.clone(),
+            callers: self.inner.callers.clone(),
             availability: tokio::sync::Notify::new(),
         });
         let task = tokio::spawn(app_actor(shared, rx, statuses.clone()));

@@ -131,6 +131,8 @@ pub(crate) struct Shared {
     pub events: mpsc::UnboundedSender<RuntimeEvent>,
     /// Data-plane metrics.
     pub metrics: Arc<yun_proxy::Metrics>,
+    /// Instance process groups, so the data plane knows who calls.
+    pub callers: Arc<yun_proxy::Callers>,
     /// Pinged when a component's availability changes, so dependants start at once.
     pub availability: tokio::sync::Notify,
 }
@@ -400,6 +402,14 @@ impl Supervisor {
                     return;
                 };
                 self.shared.pidfiles.remove(&id);
+                if let Some(pid) = self
+                    .instances
+                    .iter()
+                    .find(|i| i.id == id && i.generation == generation)
+                    .and_then(|i| i.pid)
+                {
+                    self.shared.callers.remove(pid);
+                }
                 let kind = desired.component.kind;
                 let i = &mut self.instances[pos];
                 if let Some(p) = i.probes.take() {
@@ -542,7 +552,8 @@ impl Supervisor {
             }
             let (app, name, metrics) =
                 (self.shared.app.clone(), self.name.clone(), self.shared.metrics.clone());
-            match yun_proxy::bind(*port, app, name, port_config(desired), metrics).await {
+            let callers = self.shared.callers.clone();
+            match yun_proxy::bind(*port, app, name, port_config(desired), metrics, callers).await {
                 Ok(p) => self.ports.push(p),
                 Err(e) => errors.push(format!("cannot listen on service port {port}: {e}")),
             }
@@ -912,6 +923,7 @@ impl Supervisor {
         i.pid = Some(pid);
         i.phase = Phase::Running;
         shared.pidfiles.write(&i.id, pid);
+        shared.callers.insert(pid, format!("{}/{}", shared.app, self.name));
         let (stop_tx, stop_rx) = oneshot::channel();
         i.stop = Some(stop_tx);
         let generation = i.generation;

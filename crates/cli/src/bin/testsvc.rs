@@ -4,6 +4,7 @@
 //! - `GET /` → `{"instance", "revision", "version", "pid"}`
 //! - `GET /healthz` → 200, or 503 after `POST /unhealthy`
 //! - `GET /env/NAME` → the value of an environment variable
+//! - `GET /header/NAME` → the value of a request header
 //! - `GET /status/CODE` → an empty response with that status
 //! - `GET /sleep/MS` → answers after MS milliseconds
 //! - `POST /echo` → the request body, streamed back
@@ -151,6 +152,10 @@ async fn serve(mut req: Request<Incoming>, state: &State) -> Response<Body> {
             text(200, "bye")
         }
         ("GET", p) if p.starts_with("/env/") => text(200, env(&p[5..])),
+        ("GET", p) if p.starts_with("/header/") => {
+            let value = req.headers().get(&p[8..]).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            text(200, value)
+        }
         ("GET", p) if p.starts_with("/status/") => text(p[8..].parse().unwrap_or(500), ""),
         ("GET", p) if p.starts_with("/sleep/") => {
             tokio::time::sleep(Duration::from_millis(p[7..].parse().unwrap_or(0))).await;

@@ -224,3 +224,46 @@ fn faults_are_injected_by_route_and_share() {
     http.get("/slow").unwrap();
     assert!(t.elapsed() >= Duration::from_millis(300));
 }
+
+#[test]
+fn the_data_plane_knows_which_component_calls() {
+    let d = Daemon::start();
+    let port = free_port();
+    let manifest = format!(
+        r#"apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: callers
+spec:
+  components:
+    - name: api
+      type: webservice
+      properties:
+        cmd: ["{TESTSVC}"]
+        ports: [{{port: {port}}}]
+    - name: client
+      type: worker
+      dependsOn: [api]
+      properties:
+        cmd: ["bash", "-c", "while true; do exec 3<>/dev/tcp/127.0.0.1/$YUN_SVC_API_PORT; printf 'GET /header/x-yun-caller HTTP/1.1\r\nhost: x\r\nx-yun-caller: forged\r\nconnection: close\r\n\r\n' >&3; echo; cat <&3; exec 3>&-; sleep 0.2; done"]
+"#
+    );
+    d.apply("callers.yaml", &manifest);
+    d.wait_phase("callers", "running", 30);
+    eventually(30, "the worker's requests carry its identity", || {
+        d.yun_ok(&["logs", "callers", "client"])
+            .lines()
+            .any(|l| l.ends_with("| callers/client"))
+            .then_some(())
+    });
+    // A request from outside the app is external, whatever it claims.
+    let (code, body) = Http::new(&format!("127.0.0.1:{port}"))
+        .request("GET", "/header/x-yun-caller", &[("x-yun-caller", "callers/client")], "")
+        .unwrap();
+    assert_eq!((code, body.as_str()), (200, "external"));
+    let token = format!("Bearer {}", d.token());
+    let (_, metrics) =
+        Http::new(&d.api_addr()).request("GET", "/metrics", &[("authorization", &token)], "").unwrap();
+    assert!(metrics.contains(r#"source="callers/client""#), "{metrics}");
+    assert!(metrics.contains(r#"source="external""#), "{metrics}");
+}
