@@ -47,7 +47,7 @@ spec:
         Http::new(&d.api_addr()).request("GET", "/metrics", &[("authorization", &token)], "").unwrap();
     assert_eq!(code, 200);
     for needle in [
-        r#"yun_proxy_requests_total{app="metered",component="api",route="default",instance="api-"#,
+        r#"yun_proxy_requests_total{app="metered",component="api",route="default",source="external",instance="api-"#,
         r#"class="2xx"} "#,
         r#"yun_proxy_rejections_total{app="metered",component="api",route="/limited",policy="rateLimit"}"#,
         r#"yun_proxy_retries_total{app="metered",component="api",route="default"}"#,
