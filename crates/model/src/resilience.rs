@@ -229,6 +229,10 @@ pub struct RouteMatch {
     /// Methods, e.g. `[GET, HEAD]`; empty means all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,
+    /// Calling components (`app/component`, or `external` for callers that are not
+    /// instances); empty means any caller. Sentinel's `limitApp`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
 }
 
 /// A route-specific policy; the first matching route wins, otherwise the component's policy.

@@ -892,8 +892,18 @@ impl Ctx<'_> {
     }
 
     fn check_route_match(&mut self, m: &RouteMatch, path: &str) {
-        if m.path_prefix.is_none() && m.methods.is_empty() {
-            self.error(path, "give pathPrefix and/or methods".into());
+        if m.path_prefix.is_none() && m.methods.is_empty() && m.sources.is_empty() {
+            self.error(path, "give pathPrefix, methods and/or sources".into());
+        }
+        for (i, source) in m.sources.iter().enumerate() {
+            let valid = source == "external"
+                || source.split_once('/').is_some_and(|(a, c)| is_dns_label(a) && is_dns_label(c));
+            if !valid {
+                self.error(
+                    &format!("{path}.sources[{i}]"),
+                    format!("invalid source \"{source}\": use app/component or external"),
+                );
+            }
         }
         if m.path_prefix.as_deref().is_some_and(|p| !p.starts_with('/')) {
             self.error(&join(path, "pathPrefix"), "must start with '/'".into());

@@ -76,9 +76,11 @@ impl Active {
     }
 
     /// The fault to inject into this request, if any: (delay, abort status).
-    fn fault(&self, method: &str, path: &str) -> (Option<Duration>, Option<u16>) {
+    fn fault(&self, method: &str, path: &str, source: &str) -> (Option<Duration>, Option<u16>) {
         let Some(f) = self.config.traffic.as_ref().and_then(|t| {
-            t.faults.iter().find(|f| f.matches.as_ref().is_none_or(|m| route_matches(m, method, path)))
+            t.faults
+                .iter()
+                .find(|f| f.matches.as_ref().is_none_or(|m| route_matches(m, method, path, source)))
         }) else {
             return (None, None);
         };
@@ -209,9 +211,9 @@ impl Proxy {
         });
         let start = std::time::Instant::now();
         let active = self.active();
-        let guard = active.policies.for_request(req.method().as_str(), req.uri().path()).clone();
+        let guard = active.policies.for_request(req.method().as_str(), req.uri().path(), source).clone();
         let mut trace = Trace::default();
-        let (delay, abort) = active.fault(req.method().as_str(), req.uri().path());
+        let (delay, abort) = active.fault(req.method().as_str(), req.uri().path(), source);
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
         }

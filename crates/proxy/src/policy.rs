@@ -39,25 +39,29 @@ impl Policies {
     }
 
     /// The first route whose match fits, else the component's policy.
-    pub(crate) fn for_request(&self, method: &str, path: &str) -> &Arc<Guard> {
+    pub(crate) fn for_request(&self, method: &str, path: &str, source: &str) -> &Arc<Guard> {
         self.routes
             .iter()
-            .find(|(m, _)| route_matches(m, method, path))
+            .find(|(m, _)| route_matches(m, method, path, source))
             .map(|(_, g)| g)
             .unwrap_or(&self.default)
     }
 }
 
-/// Whether a request fits a route match (path prefix and method list, both optional).
-pub(crate) fn route_matches(m: &RouteMatch, method: &str, path: &str) -> bool {
+/// Whether a request fits a route match (path prefix, methods and sources, all optional).
+pub(crate) fn route_matches(m: &RouteMatch, method: &str, path: &str, source: &str) -> bool {
     m.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
         && (m.methods.is_empty() || m.methods.iter().any(|x| x == method))
+        && (m.sources.is_empty() || m.sources.iter().any(|x| x == source))
 }
 
 fn route_name(m: &RouteMatch) -> String {
     let mut s = m.path_prefix.clone().unwrap_or_else(|| "*".into());
     if !m.methods.is_empty() {
         s = format!("{} {s}", m.methods.join(","));
+    }
+    if !m.sources.is_empty() {
+        s = format!("{s} from {}", m.sources.join(","));
     }
     s
 }

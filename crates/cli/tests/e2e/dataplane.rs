@@ -241,6 +241,12 @@ spec:
       properties:
         cmd: ["{TESTSVC}"]
         ports: [{{port: {port}}}]
+      traits:
+        - type: resilience
+          properties:
+            routes:
+              - match: {{sources: [external]}}
+                rateLimit: {{qps: 1}}
     - name: client
       type: worker
       dependsOn: [api]
