@@ -145,6 +145,9 @@ enum Command {
         /// API listen address.
         #[arg(long, env = "YUN_LISTEN", default_value = yun_server::DEFAULT_LISTEN)]
         listen: std::net::SocketAddr,
+        /// Gateway listen address for the `gateway` trait, or `off`.
+        #[arg(long, env = "YUN_GATEWAY_LISTEN", default_value = yun_server::DEFAULT_GATEWAY)]
+        gateway: String,
     },
     /// Print the version.
     Version,
@@ -203,7 +206,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let home = client::home(cli.home.clone())?;
     let fmt = cli.output;
     match cli.command {
-        Command::Server { listen } => {
+        Command::Server { listen, gateway } => {
+            let gateway = match gateway.as_str() {
+                "off" => None,
+                other => Some(other.parse().with_context(|| {
+                    format!("invalid gateway address \"{other}\" (use host:port or off)")
+                })?),
+            };
             init_logging();
             let shutdown = async {
                 let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -212,7 +221,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
                 }
             };
-            yun_server::run(yun_server::Config { home, listen }, shutdown).await?;
+            yun_server::run(yun_server::Config { home, listen, gateway }, shutdown).await?;
         }
         Command::Version => {
             let daemon = match Client::connect(&home).await {

@@ -109,6 +109,9 @@ pub struct Component {
     /// Balancing and fault injection of the service address (from the `traffic` trait).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic: Option<crate::resilience::Traffic>,
+    /// North–south routes through the daemon's gateway (from the `gateway` trait).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<crate::spec::GatewayTrait>,
 }
 
 impl Component {
@@ -119,6 +122,7 @@ impl Component {
         c.replicas = 0;
         c.resilience = None;
         c.traffic = None;
+        c.gateway = None;
         content_hash(&c)
     }
 }

@@ -19,8 +19,8 @@ pub use resilience::{
 };
 pub use schema::application_schema;
 pub use spec::{
-    ConcurrencyPolicy, ExecAction, HttpGetAction, HttpHeader, Port, Probe, Protocol, RestartPolicy,
-    TcpSocketAction,
+    ConcurrencyPolicy, ExecAction, GatewayTrait, HttpGetAction, HttpHeader, Port, Probe, Protocol,
+    RestartPolicy, TcpSocketAction,
 };
 pub use validate::{
     API_VERSION, Diagnostic, ManifestError, Parsed, Severity, Target, did_you_mean, parse_manifest,

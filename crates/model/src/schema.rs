@@ -31,6 +31,7 @@ pub fn application_schema() -> Value {
         ("annotations", to_value::<MetadataTrait>()),
         ("resilience", to_value::<crate::resilience::ResilienceProperties>()),
         ("traffic", to_value::<crate::resilience::Traffic>()),
+        ("gateway", to_value::<crate::spec::GatewayTrait>()),
     ]
     .into_iter()
     .map(|(t, s)| {

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 pub const COMPONENT_TYPES: &[&str] = &["webservice", "worker", "task", "cron-task"];
 
 /// The traits Yun runs.
-pub const TRAIT_TYPES: &[&str] = &["scaler", "env", "labels", "annotations", "resilience", "traffic"];
+pub const TRAIT_TYPES: &[&str] =
+    &["scaler", "env", "labels", "annotations", "resilience", "traffic", "gateway"];
 
 /// KubeVela component types that Yun recognises but does not run yet.
 pub const UNSUPPORTED_COMPONENT_TYPES: &[&str] = &[
@@ -32,7 +33,6 @@ pub const UNSUPPORTED_COMPONENT_TYPES: &[&str] = &[
 
 /// KubeVela traits that Yun recognises but does not run yet.
 pub const UNSUPPORTED_TRAIT_TYPES: &[&str] = &[
-    "gateway",
     "cpuscaler",
     "hpa",
     "expose",
@@ -399,3 +399,27 @@ pub type MetadataTrait = BTreeMap<String, Option<String>>;
 
 /// Upper bound for `scaler.replicas`.
 pub const MAX_REPLICAS: u32 = 1000;
+
+/// `gateway` trait: north–south entry through the daemon's gateway port. KubeVela's own
+/// properties are accepted as they are, so real manifests run unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GatewayTrait {
+    /// Host name requests must carry (`Host` header); without it, any host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// Path prefix → declared port of the component, e.g. `{"/": 8080}`.
+    pub http: BTreeMap<String, u16>,
+    /// Ingress class (Kubernetes only; accepted and not used locally).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    /// Whether the class goes in the Ingress spec (Kubernetes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_in_spec: Option<bool>,
+    /// TLS secret (Kubernetes only; locally use `tls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// Host of the gateway (Kubernetes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_host: Option<String>,
+}

@@ -130,7 +130,7 @@ fn unknown_property_and_trait_get_suggestions() {
     assert!(has(&d, "spec.components[2].properties.comand", "did you mean \"cmd\""), "{d:#?}");
     let d = errors(&GOOD.replace("type: scaler", "type: scalar"));
     assert!(has(&d, "spec.components[0].traits[0].type", "did you mean \"scaler\""), "{d:#?}");
-    let d = errors(&GOOD.replace("type: scaler", "type: gateway"));
+    let d = errors(&GOOD.replace("type: scaler", "type: cpuscaler"));
     assert!(has(&d, "spec.components[0].traits[0].type", "not supported by Yun yet"), "{d:#?}");
     // A worker has no ports.
     let d = errors(&GOOD.replace("cmd: [\"./shop\", \"worker\"]", "cmd: [w]\n        ports: [{port: 1}]"));
@@ -238,7 +238,7 @@ fn kubevela_style_manifests_are_judged_by_name() {
         .unwrap_err()
         .diagnostics;
     for (path, needle) in [
-        ("spec.components[0].traits[0].type", "trait \"gateway\" is not supported by Yun yet"),
+        ("spec.components[0].traits[0].type", "trait \"hpa\" is not supported by Yun yet"),
         ("spec.components[1].type", "component type \"helm\" is not supported by Yun yet"),
         ("spec.policies", "topology"),
         ("spec.workflow", "workflows are not supported"),

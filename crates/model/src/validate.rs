@@ -630,6 +630,7 @@ impl Ctx<'_> {
             schedule,
             resilience: None,
             traffic: None,
+            gateway: None,
         }
     }
 
@@ -819,6 +820,20 @@ impl Ctx<'_> {
                         }
                     }
                 }
+                "gateway" => {
+                    if component.kind != ComponentKind::Webservice {
+                        self.error(
+                            &join(&at, "type"),
+                            format!(
+                                "\"gateway\" routes to a webservice's ports; a {} has none",
+                                component.kind.as_str()
+                            ),
+                        );
+                    } else if let Some(g) = self.typed::<crate::spec::GatewayTrait>(props, &props_path) {
+                        self.check_gateway(&g, component, &props_path);
+                        component.gateway = Some(g);
+                    }
+                }
                 "labels" | "annotations" => {
                     if let Some(t) = self.typed::<MetadataTrait>(props, &props_path) {
                         let target =
@@ -915,6 +930,43 @@ impl Ctx<'_> {
                 let msg = format!("unknown method \"{method}\"{}", suggestion(method, METHODS));
                 self.error(&format!("{path}.methods[{i}]"), msg);
             }
+        }
+    }
+
+    fn check_gateway(&mut self, g: &crate::spec::GatewayTrait, c: &Component, path: &str) {
+        if g.http.is_empty() {
+            self.error(&join(path, "http"), "give at least one path: port entry, e.g. {\"/\": 8080}".into());
+        }
+        for (prefix, port) in &g.http {
+            let at = format!("{path}.http[\"{prefix}\"]");
+            if !prefix.starts_with('/') {
+                self.error(&at, format!("path \"{prefix}\" must start with '/'"));
+            }
+            if !c.ports.is_empty() && !c.ports.iter().any(|p| p.port == *port) {
+                let declared: Vec<String> = c.ports.iter().map(|p| p.port.to_string()).collect();
+                self.error(
+                    &at,
+                    format!("port {port} is not a declared port (declared: {})", declared.join(", ")),
+                );
+            }
+        }
+        if let Some(d) = &g.domain {
+            let valid = !d.is_empty()
+                && d.len() <= 253
+                && d.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !valid {
+                self.error(&join(path, "domain"), format!("invalid host name \"{d}\""));
+            }
+        }
+        if g.secret_name.is_some() {
+            self.warn(
+                &join(path, "secretName"),
+                "TLS secrets are read on Kubernetes; locally the gateway serves plain HTTP".into(),
+            );
         }
     }
 

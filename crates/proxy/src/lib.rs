@@ -9,6 +9,7 @@
 mod caller;
 mod endpoints;
 mod forward;
+mod gateway;
 mod metrics;
 mod policy;
 
@@ -22,6 +23,7 @@ use tokio::task::JoinHandle;
 
 pub use caller::{Callers, EXTERNAL};
 pub use endpoints::{BASE_EJECTION, Balancer, EJECT_AFTER_FAILURES, Endpoints, Lease, MAX_EJECTION};
+pub use gateway::{Gateway, GatewayRoute, ServiceHandle};
 pub use metrics::Metrics;
 
 /// How long a request waits for a ready instance before it gets 503.
@@ -43,10 +45,16 @@ pub struct ServicePort {
     /// Ready instances behind it.
     pub endpoints: Arc<Endpoints>,
     active: Arc<RwLock<Arc<forward::Active>>>,
+    proxy: Arc<forward::Proxy>,
     task: JoinHandle<()>,
 }
 
 impl ServicePort {
+    /// A handle to route requests into this port's proxy (the gateway uses it).
+    pub fn handle(&self) -> ServiceHandle {
+        ServiceHandle(self.proxy.clone())
+    }
+
     /// Applies new settings to requests that start from now on; requests in flight finish
     /// under the settings they started with. Unchanged settings keep their state (open
     /// breakers, rate counters).
@@ -79,7 +87,9 @@ pub async fn bind(
     let endpoints = Arc::new(Endpoints::default());
     let active = Arc::new(RwLock::new(Arc::new(forward::Active::new(config))));
     let proxy = Arc::new(forward::Proxy::new(app, component, metrics, endpoints.clone(), active.clone()));
+    let accept_proxy = proxy.clone();
     let task = tokio::spawn(async move {
+        let proxy = accept_proxy;
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -111,5 +121,5 @@ pub async fn bind(
             });
         }
     });
-    Ok(ServicePort { port, endpoints, active, task })
+    Ok(ServicePort { port, endpoints, active, proxy, task })
 }

@@ -98,6 +98,7 @@ struct Inner {
     events: mpsc::UnboundedSender<RuntimeEvent>,
     metrics: Arc<yun_proxy::Metrics>,
     callers: Arc<yun_proxy::Callers>,
+    gateway: Option<Arc<yun_proxy::Gateway>>,
     apps: Mutex<HashMap<String, AppHandle>>,
 }
 
@@ -109,6 +110,7 @@ impl LocalRuntime {
         home: &Path,
         events: mpsc::UnboundedSender<RuntimeEvent>,
         metrics: Arc<yun_proxy::Metrics>,
+        gateway: Option<Arc<yun_proxy::Gateway>>,
     ) -> std::io::Result<(LocalRuntime, usize)> {
         let pidfiles = process::PidFiles::new(home.join("run").join("instances"))?;
         let reaped = pidfiles.reap_leftovers(Duration::from_secs(10)).await;
@@ -118,6 +120,7 @@ impl LocalRuntime {
             events,
             metrics,
             callers: Arc::new(yun_proxy::Callers::default()),
+            gateway,
             apps: Mutex::new(HashMap::new()),
         };
         Ok((LocalRuntime { inner: Arc::new(inner) }, reaped))
@@ -154,6 +157,7 @@ impl LocalRuntime {
             events: self.inner.events.clone(),
             metrics: self.inner.metrics.clone(),
             callers: self.inner.callers.clone(),
+            gateway: self.inner.gateway.clone(),
             availability: tokio::sync::Notify::new(),
         });
         let task = tokio::spawn(app_actor(shared, rx, statuses.clone()));

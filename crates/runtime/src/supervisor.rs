@@ -133,6 +133,8 @@ pub(crate) struct Shared {
     pub metrics: Arc<yun_proxy::Metrics>,
     /// Instance process groups, so the data plane knows who calls.
     pub callers: Arc<yun_proxy::Callers>,
+    /// The daemon's north–south gateway, when it listens.
+    pub gateway: Option<Arc<yun_proxy::Gateway>>,
     /// Pinged when a component's availability changes, so dependants start at once.
     pub availability: tokio::sync::Notify,
 }
@@ -279,6 +281,9 @@ impl Supervisor {
             let desired = self.current.clone();
             self.reconcile(&desired, closed).await;
             if closed && self.instances.is_empty() {
+                if let Some(gw) = &self.shared.gateway {
+                    gw.set_routes(&self.shared.app, &self.name, Vec::new());
+                }
                 self.ports.clear();
                 self.publish(&desired);
                 return;
@@ -564,11 +569,34 @@ impl Supervisor {
         for p in &self.ports {
             p.configure(config.clone());
         }
+        if let Some(gw) = &self.shared.gateway {
+            gw.set_routes(&self.shared.app, &self.name, self.gateway_routes(desired));
+        }
         let err = (!errors.is_empty()).then(|| errors.join("; "));
         if err.is_some() && err != self.port_error {
             self.event(true, "PortUnavailable", err.clone().unwrap_or_default());
         }
         self.port_error = err;
+    }
+
+    /// The component's gateway routes: each `http` entry goes to the service port of the
+    /// declared port it names (or the only one, for a component that declares none).
+    fn gateway_routes(&self, desired: &Desired) -> Vec<yun_proxy::GatewayRoute> {
+        let Some(g) = &desired.component.gateway else { return Vec::new() };
+        let declared = &desired.component.ports;
+        g.http
+            .iter()
+            .filter_map(|(prefix, port)| {
+                let idx =
+                    if declared.is_empty() { 0 } else { declared.iter().position(|p| p.port == *port)? };
+                let sp = self.ports.get(idx)?;
+                Some(yun_proxy::GatewayRoute {
+                    host: g.domain.clone(),
+                    prefix: prefix.clone(),
+                    target: sp.handle(),
+                })
+            })
+            .collect()
     }
 
     fn reconcile_long_running(&mut self, desired: &Desired, target: u32) {
@@ -981,6 +1009,16 @@ impl Supervisor {
         }
     }
 
+    /// Service addresses, then gateway URLs.
+    fn addresses(&self, c: &Component) -> Vec<String> {
+        let mut out: Vec<String> = self.ports.iter().map(|p| format!("127.0.0.1:{}", p.port)).collect();
+        if let (Some(g), Some(gw)) = (&c.gateway, &self.shared.gateway) {
+            let host = g.domain.clone().unwrap_or_else(|| gw.addr().ip().to_string());
+            out.extend(g.http.keys().map(|prefix| format!("http://{host}:{}{prefix}", gw.addr().port())));
+        }
+        out
+    }
+
     fn publish(&mut self, desired: &Desired) {
         self.publish_endpoints();
         let c = &desired.component;
@@ -1089,7 +1127,7 @@ impl Supervisor {
             updated,
             restarts,
             revision: desired.revision,
-            addresses: self.ports.iter().map(|p| format!("127.0.0.1:{}", p.port)).collect(),
+            addresses: self.addresses(c),
             instances,
             runs: self
                 .runs

@@ -203,8 +203,8 @@ fn classic_text(openmetrics: &str) -> String {
     out
 }
 
-async fn version() -> Json<Value> {
-    Json(json!({"version": env!("CARGO_PKG_VERSION"), "api": "v1"}))
+async fn version(State(ctx): Shared) -> Json<Value> {
+    Json(json!({"version": env!("CARGO_PKG_VERSION"), "api": "v1", "gateway": ctx.gateway}))
 }
 
 #[derive(Deserialize)]

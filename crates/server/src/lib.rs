@@ -21,6 +21,8 @@ pub use status::{AppStatus, app_phase};
 
 /// Default API address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
+/// Default gateway address (the `gateway` trait's north–south entry).
+pub const DEFAULT_GATEWAY: &str = "127.0.0.1:7480";
 /// Name of the token file in `YUN_HOME`.
 pub const TOKEN_FILE: &str = "token";
 /// Name of the file that tells clients where the daemon listens.
@@ -33,6 +35,8 @@ pub struct Config {
     pub home: PathBuf,
     /// API listen address.
     pub listen: SocketAddr,
+    /// Gateway listen address; `None` runs no gateway.
+    pub gateway: Option<SocketAddr>,
 }
 
 /// Why the server could not start or stopped.
@@ -73,6 +77,9 @@ pub struct DaemonInfo {
     pub pid: u32,
     /// Daemon version.
     pub version: String,
+    /// Gateway address, when one listens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<SocketAddr>,
 }
 
 pub(crate) struct Ctx {
@@ -81,6 +88,7 @@ pub(crate) struct Ctx {
     pub token: String,
     pub reconcile: mpsc::UnboundedSender<String>,
     pub registry: prometheus_client::registry::Registry,
+    pub gateway: Option<SocketAddr>,
 }
 
 /// Runs the daemon until `shutdown` resolves, then stops all instances gracefully.
@@ -102,8 +110,28 @@ pub async fn run(
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let mut registry = prometheus_client::registry::Registry::default();
     let proxy_metrics = Arc::new(yun_proxy::Metrics::register(&mut registry));
+    // A gateway that cannot bind is reported, not fatal: everything else still works.
+    let gateway = match config.gateway {
+        Some(addr) => match yun_proxy::Gateway::bind(addr).await {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "Gateway not started.");
+                let _ = store.record(NewEvent {
+                    app: None,
+                    component: None,
+                    warning: true,
+                    reason: "GatewayUnavailable".into(),
+                    actor: "reconciler".into(),
+                    message: format!("cannot listen on gateway address {addr}: {e}"),
+                });
+                None
+            }
+        },
+        None => None,
+    };
+    let gateway_addr = gateway.as_ref().map(|g| g.addr());
     let (runtime, reaped) =
-        LocalRuntime::start(home, events_tx, proxy_metrics).await.map_err(ServerError::Runtime)?;
+        LocalRuntime::start(home, events_tx, proxy_metrics, gateway).await.map_err(ServerError::Runtime)?;
     if reaped > 0 {
         let _ = store.record(NewEvent {
             app: None,
@@ -115,7 +143,8 @@ pub async fn run(
         });
     }
     let (reconcile_tx, reconcile_rx) = mpsc::unbounded_channel();
-    let ctx = Arc::new(Ctx { store, runtime, token, reconcile: reconcile_tx, registry });
+    let ctx =
+        Arc::new(Ctx { store, runtime, token, reconcile: reconcile_tx, registry, gateway: gateway_addr });
 
     // Runtime events go to the event log.
     let ev_ctx = ctx.clone();
@@ -147,7 +176,12 @@ pub async fn run(
     });
     tokio::spawn(reconcile::run(ctx.clone(), reconcile_rx));
 
-    let info = DaemonInfo { addr, pid: std::process::id(), version: env!("CARGO_PKG_VERSION").into() };
+    let info = DaemonInfo {
+        addr,
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        gateway: gateway_addr,
+    };
     write_private(&home.join(DAEMON_FILE), &serde_json::to_vec_pretty(&info).unwrap_or_default())
         .map_err(home_err)?;
     tracing::info!(%addr, home = %home.display(), "Yun server listening.");

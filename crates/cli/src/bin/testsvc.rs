@@ -1,7 +1,7 @@
 //! A small service for Yun's end-to-end tests and benchmarks: HTTP/1.1 and HTTP/2 (h2c) on
 //! `$PORT`, reporting who it is, and able to be told to fail, slow down or exit.
 //!
-//! - `GET /` → `{"instance", "revision", "version", "pid"}`
+//! - `GET /` (and any other GET path not below) → `{"instance", "revision", "version", "pid", "http"}`
 //! - `GET /healthz` → 200, or 503 after `POST /unhealthy`
 //! - `GET /env/NAME` → the value of an environment variable
 //! - `GET /header/NAME` → the value of a request header
@@ -191,7 +191,7 @@ async fn serve(mut req: Request<Incoming>, state: &State) -> Response<Body> {
             r.headers_mut().insert("upgrade", "echo".parse().expect("static"));
             r
         }
-        ("GET", "/") => {
+        ("GET", _) => {
             let body = serde_json::json!({
                 "instance": env("YUN_INSTANCE"),
                 "revision": env("YUN_REVISION"),

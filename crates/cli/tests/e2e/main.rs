@@ -3,6 +3,7 @@
 mod bad_input;
 mod dataplane;
 mod example;
+mod gateway;
 mod jobs;
 mod lifecycle;
 mod metrics;

@@ -61,7 +61,7 @@ impl Daemon {
             .open(self.home().join("daemon.log"))
             .unwrap();
         let child = Command::new(YUN)
-            .args(["server", "--listen", "127.0.0.1:0"])
+            .args(["server", "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0"])
             .env("YUN_HOME", self.home())
             .env("YUN_LOG", "debug")
             .stdout(log.try_clone().unwrap())
@@ -159,6 +159,12 @@ impl Daemon {
         info["addr"].as_str().unwrap().to_string()
     }
 
+    pub fn gateway_addr(&self) -> String {
+        let info: Value =
+            serde_json::from_str(&std::fs::read_to_string(self.home().join("daemon.json")).unwrap()).unwrap();
+        info["gateway"].as_str().expect("the daemon runs a gateway").to_string()
+    }
+
     pub fn token(&self) -> String {
         std::fs::read_to_string(self.home().join("token")).unwrap().trim().to_string()
     }
@@ -232,7 +238,10 @@ impl Http {
             self.conn = Some((s, r));
         }
         let (w, r) = self.conn.as_mut().unwrap();
-        let mut req = format!("{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\n", body.len());
+        let mut req = format!("{method} {path} HTTP/1.1\r\ncontent-length: {}\r\n", body.len());
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            req.push_str("host: test\r\n");
+        }
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
