@@ -148,6 +148,9 @@ enum Command {
         /// Gateway listen address for the `gateway` trait, or `off`.
         #[arg(long, env = "YUN_GATEWAY_LISTEN", default_value = yun_server::DEFAULT_GATEWAY)]
         gateway: String,
+        /// Gateway HTTPS listen address (for `gateway` traits with `tls`), or `off`.
+        #[arg(long, env = "YUN_GATEWAY_TLS_LISTEN", default_value = yun_server::DEFAULT_GATEWAY_TLS)]
+        gateway_tls: String,
     },
     /// Print the version.
     Version,
@@ -206,13 +209,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let home = client::home(cli.home.clone())?;
     let fmt = cli.output;
     match cli.command {
-        Command::Server { listen, gateway } => {
-            let gateway = match gateway.as_str() {
-                "off" => None,
-                other => Some(other.parse().with_context(|| {
-                    format!("invalid gateway address \"{other}\" (use host:port or off)")
-                })?),
+        Command::Server { listen, gateway, gateway_tls } => {
+            let parse = |value: &str| -> Result<Option<std::net::SocketAddr>> {
+                match value {
+                    "off" => Ok(None),
+                    other => Ok(Some(other.parse().with_context(|| {
+                        format!("invalid gateway address \"{other}\" (use host:port or off)")
+                    })?)),
+                }
             };
+            let (gateway, gateway_tls) = (parse(&gateway)?, parse(&gateway_tls)?);
             init_logging();
             let shutdown = async {
                 let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -221,7 +227,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
                 }
             };
-            yun_server::run(yun_server::Config { home, listen, gateway }, shutdown).await?;
+            yun_server::run(yun_server::Config { home, listen, gateway, gateway_tls }, shutdown).await?;
         }
         Command::Version => {
             let daemon = match Client::connect(&home).await {

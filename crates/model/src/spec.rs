@@ -422,4 +422,18 @@ pub struct GatewayTrait {
     /// Host of the gateway (Kubernetes only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_host: Option<String>,
+    /// TLS for `domain` on the gateway's HTTPS port, from PEM files (paths relative to the
+    /// manifest's directory). A Yun extension; on Kubernetes use `secretName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<GatewayTls>,
+}
+
+/// Certificate and key of a gateway domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GatewayTls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
 }

@@ -962,10 +962,17 @@ impl Ctx<'_> {
                 self.error(&join(path, "domain"), format!("invalid host name \"{d}\""));
             }
         }
-        if g.secret_name.is_some() {
+        if g.secret_name.is_some() && g.tls.is_none() {
             self.warn(
                 &join(path, "secretName"),
-                "TLS secrets are read on Kubernetes; locally the gateway serves plain HTTP".into(),
+                "TLS secrets are read on Kubernetes; locally give tls.certFile and tls.keyFile for HTTPS"
+                    .into(),
+            );
+        }
+        if g.tls.is_some() && g.domain.is_none() {
+            self.error(
+                &join(path, "tls"),
+                "TLS needs a domain: certificates are chosen by the requested host name".into(),
             );
         }
     }

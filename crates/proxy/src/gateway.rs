@@ -43,58 +43,117 @@ struct Owned {
     route: GatewayRoute,
 }
 
-/// The gateway listener and its routing table.
+/// The gateway listeners (plain HTTP, and HTTPS when configured) and the routing table.
 pub struct Gateway {
     addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     routes: RwLock<Vec<Owned>>,
-    task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    certs: Arc<Certificates>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        if let Some(t) = self.task.lock().ok().and_then(|mut t| t.take()) {
-            t.abort();
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.drain(..).for_each(|t| t.abort());
         }
     }
 }
 
+/// Certificates by domain, chosen by the TLS client's server name (SNI).
+#[derive(Debug, Default)]
+struct Certificates(RwLock<std::collections::HashMap<String, Arc<rustls::sign::CertifiedKey>>>);
+
+impl rustls::server::ResolvesServerCert for Certificates {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let name = hello.server_name()?.to_ascii_lowercase();
+        self.0.read().ok()?.get(&name).cloned()
+    }
+}
+
+/// Reads a PEM certificate chain and private key into a signing key.
+fn load_certified_key(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<rustls::sign::CertifiedKey, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read certificate {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("invalid certificate {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("no certificate in {}", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read private key {}: {e}", key.display()))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| format!("unsupported private key: {e}"))?;
+    let certified = rustls::sign::CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| format!("certificate and key do not match: {e}"))?;
+    Ok(certified)
+}
+
 impl Gateway {
-    /// Binds the gateway port and starts serving.
-    pub async fn bind(addr: SocketAddr) -> std::io::Result<Arc<Gateway>> {
+    /// Binds the gateway's HTTP port (and HTTPS port, when given) and starts serving.
+    pub async fn bind(addr: SocketAddr, tls_addr: Option<SocketAddr>) -> std::io::Result<Arc<Gateway>> {
         let listener = TcpListener::bind(addr).await?;
+        let tls_listener = match tls_addr {
+            Some(a) => Some(TcpListener::bind(a).await?),
+            None => None,
+        };
         let gateway = Arc::new(Gateway {
             addr: listener.local_addr()?,
+            tls_addr: tls_listener.as_ref().map(|l| l.local_addr()).transpose()?,
             routes: RwLock::new(Vec::new()),
-            task: std::sync::Mutex::new(None),
+            certs: Arc::new(Certificates::default()),
+            tasks: std::sync::Mutex::new(Vec::new()),
         });
-        let weak = Arc::downgrade(&gateway);
-        let task = tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Gateway accept failed.");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let Some(gateway) = weak.upgrade() else { return };
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let gateway = gateway.clone();
-                        async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        if let Ok(mut t) = gateway.task.lock() {
-            *t = Some(task);
+        let mut tasks = vec![tokio::spawn(serve_plain(listener, Arc::downgrade(&gateway)))];
+        if let Some(l) = tls_listener {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut config = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(std::io::Error::other)?
+                .with_no_client_auth()
+                .with_cert_resolver(gateway.certs.clone());
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+            tasks.push(tokio::spawn(serve_tls(l, acceptor, Arc::downgrade(&gateway))));
+        }
+        if let Ok(mut t) = gateway.tasks.lock() {
+            *t = tasks;
         }
         Ok(gateway)
+    }
+
+    /// The HTTPS address, when one listens.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// Serves `domain` over HTTPS with the certificate and key in these PEM files.
+    pub fn set_certificate(
+        &self,
+        domain: &str,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Result<(), String> {
+        if self.tls_addr.is_none() {
+            return Err("the daemon runs no HTTPS gateway (yun server --gateway-tls)".into());
+        }
+        let certified = load_certified_key(cert, key)?;
+        if let Ok(mut m) = self.certs.0.write() {
+            m.insert(domain.to_ascii_lowercase(), Arc::new(certified));
+        }
+        Ok(())
+    }
+
+    /// Stops serving `domain` over HTTPS.
+    pub fn remove_certificate(&self, domain: &str) {
+        if let Ok(mut m) = self.certs.0.write() {
+            m.remove(&domain.to_ascii_lowercase());
+        }
     }
 
     /// The address it listens on.
@@ -140,7 +199,7 @@ impl Gateway {
         best(true).or_else(|| best(false))
     }
 
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub(crate) async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let host = req
             .headers()
             .get(hyper::header::HOST)
@@ -158,5 +217,64 @@ impl Gateway {
                 ),
             ),
         }
+    }
+}
+
+fn serve_connection<I>(io: I, peer: SocketAddr, gateway: Arc<Gateway>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let svc = hyper::service::service_fn(move |req| {
+            let gateway = gateway.clone();
+            async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
+        });
+        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection_with_upgrades(TokioIo::new(io), svc)
+            .await;
+    });
+}
+
+async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return (stream, peer);
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "Gateway accept failed.");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_plain(listener: TcpListener, gateway: std::sync::Weak<Gateway>) {
+    loop {
+        let (stream, peer) = accept(&listener).await;
+        let Some(gateway) = gateway.upgrade() else { return };
+        serve_connection(stream, peer, gateway);
+    }
+}
+
+async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    gateway: std::sync::Weak<Gateway>,
+) {
+    loop {
+        let (stream, peer) = accept(&listener).await;
+        let Some(gateway) = gateway.upgrade() else { return };
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            // A handshake that stalls must not hold the connection forever.
+            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve_connection(tls, peer, gateway),
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed."),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out."),
+            }
+        });
     }
 }

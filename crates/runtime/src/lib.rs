@@ -277,6 +277,7 @@ async fn app_actor(
                 platform_env: base_env.clone(),
                 env,
                 workdir: d.base_dir.join(c.workdir.as_deref().unwrap_or(".")),
+                base_dir: d.base_dir.clone(),
                 service_ports: d.service_ports_of(&c.name),
                 deps_ready,
                 stopped: d.stopped,

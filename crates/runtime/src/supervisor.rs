@@ -35,6 +35,8 @@ pub(crate) struct Desired {
     /// The component's own variables; they win over `platform_env`.
     pub env: Vec<(String, String)>,
     pub workdir: PathBuf,
+    /// The manifest's directory, for paths in traits (gateway certificates).
+    pub base_dir: PathBuf,
     pub service_ports: Vec<u16>,
     pub deps_ready: bool,
     pub stopped: bool,
@@ -208,6 +210,11 @@ pub(crate) struct Supervisor {
     next_fire: Option<jiff::Zoned>,
     last_error: Option<String>,
     rolled_out_hash: Option<String>,
+    /// Gateway certificate served for this component: (domain, cert file, key file).
+    certificate: Option<(String, PathBuf, PathBuf)>,
+    /// The certificate files last asked for, loaded or not.
+    cert_attempt: Option<(String, PathBuf, PathBuf)>,
+    cert_error: Option<String>,
 }
 
 /// Longest back-off between restarts of a crashing instance.
@@ -267,6 +274,9 @@ impl Supervisor {
             next_fire: None,
             last_error: None,
             rolled_out_hash: None,
+            certificate: None,
+            cert_attempt: None,
+            cert_error: None,
         }
     }
 
@@ -283,6 +293,9 @@ impl Supervisor {
             if closed && self.instances.is_empty() {
                 if let Some(gw) = &self.shared.gateway {
                     gw.set_routes(&self.shared.app, &self.name, Vec::new());
+                    if let Some((domain, _, _)) = &self.certificate {
+                        gw.remove_certificate(domain);
+                    }
                 }
                 self.ports.clear();
                 self.publish(&desired);
@@ -569,14 +582,54 @@ impl Supervisor {
         for p in &self.ports {
             p.configure(config.clone());
         }
-        if let Some(gw) = &self.shared.gateway {
+        if let Some(gw) = self.shared.gateway.clone() {
             gw.set_routes(&self.shared.app, &self.name, self.gateway_routes(desired));
+            self.sync_certificate(&gw, desired);
         }
         let err = (!errors.is_empty()).then(|| errors.join("; "));
         if err.is_some() && err != self.port_error {
             self.event(true, "PortUnavailable", err.clone().unwrap_or_default());
         }
         self.port_error = err;
+    }
+
+    /// Loads the gateway certificate of the component's domain when its files change names.
+    /// A certificate that cannot be used fails the component with the reason, and the one
+    /// served before stays in place.
+    fn sync_certificate(&mut self, gw: &yun_proxy::Gateway, desired: &Desired) {
+        let want = desired.component.gateway.as_ref().and_then(|g| {
+            let tls = g.tls.as_ref()?;
+            Some((
+                g.domain.clone()?,
+                desired.base_dir.join(&tls.cert_file),
+                desired.base_dir.join(&tls.key_file),
+            ))
+        });
+        if want == self.cert_attempt {
+            return;
+        }
+        self.cert_attempt = want.clone();
+        let Some((domain, cert, key)) = want else {
+            if let Some((old, _, _)) = self.certificate.take() {
+                gw.remove_certificate(&old);
+            }
+            self.cert_error = None;
+            return;
+        };
+        match gw.set_certificate(&domain, &cert, &key) {
+            Ok(()) => {
+                if let Some((old, _, _)) = self.certificate.take().filter(|(old, _, _)| *old != domain) {
+                    gw.remove_certificate(&old);
+                }
+                self.certificate = Some((domain, cert, key));
+                self.cert_error = None;
+            }
+            Err(e) => {
+                let msg = format!("gateway TLS for {domain}: {e}");
+                self.event(true, "CertificateInvalid", msg.clone());
+                self.cert_error = Some(msg);
+            }
+        }
     }
 
     /// The component's gateway routes: each `http` entry goes to the service port of the
@@ -1032,7 +1085,7 @@ impl Supervisor {
             ("Stopped", "application is stopped".to_string(), false)
         } else if !self.started_once {
             ("Waiting", format!("waiting for dependencies: {}", c.depends_on.join(", ")), false)
-        } else if let Some(err) = &self.port_error {
+        } else if let Some(err) = self.port_error.as_ref().or(self.cert_error.as_ref()) {
             ("Failed", err.clone(), ready > 0)
         } else {
             match c.kind {

@@ -23,6 +23,8 @@ pub use status::{AppStatus, app_phase};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
 /// Default gateway address (the `gateway` trait's north–south entry).
 pub const DEFAULT_GATEWAY: &str = "127.0.0.1:7480";
+/// Default gateway HTTPS address.
+pub const DEFAULT_GATEWAY_TLS: &str = "127.0.0.1:7443";
 /// Name of the token file in `YUN_HOME`.
 pub const TOKEN_FILE: &str = "token";
 /// Name of the file that tells clients where the daemon listens.
@@ -37,6 +39,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Gateway listen address; `None` runs no gateway.
     pub gateway: Option<SocketAddr>,
+    /// Gateway HTTPS listen address; `None` serves no HTTPS.
+    pub gateway_tls: Option<SocketAddr>,
 }
 
 /// Why the server could not start or stopped.
@@ -80,6 +84,9 @@ pub struct DaemonInfo {
     /// Gateway address, when one listens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<SocketAddr>,
+    /// Gateway HTTPS address, when one listens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_tls: Option<SocketAddr>,
 }
 
 pub(crate) struct Ctx {
@@ -112,7 +119,7 @@ pub async fn run(
     let proxy_metrics = Arc::new(yun_proxy::Metrics::register(&mut registry));
     // A gateway that cannot bind is reported, not fatal: everything else still works.
     let gateway = match config.gateway {
-        Some(addr) => match yun_proxy::Gateway::bind(addr).await {
+        Some(addr) => match yun_proxy::Gateway::bind(addr, config.gateway_tls).await {
             Ok(g) => Some(g),
             Err(e) => {
                 tracing::warn!(%addr, error = %e, "Gateway not started.");
@@ -130,6 +137,7 @@ pub async fn run(
         None => None,
     };
     let gateway_addr = gateway.as_ref().map(|g| g.addr());
+    let gateway_tls = gateway.as_ref().and_then(|g| g.tls_addr());
     let (runtime, reaped) =
         LocalRuntime::start(home, events_tx, proxy_metrics, gateway).await.map_err(ServerError::Runtime)?;
     if reaped > 0 {
@@ -181,6 +189,7 @@ pub async fn run(
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").into(),
         gateway: gateway_addr,
+        gateway_tls,
     };
     write_private(&home.join(DAEMON_FILE), &serde_json::to_vec_pretty(&info).unwrap_or_default())
         .map_err(home_err)?;

@@ -98,3 +98,75 @@ fn gateway_properties_are_validated() {
     assert!(err.contains("must start with '/'"), "{err}");
     assert!(err.contains("port 10 is not a declared port"), "{err}");
 }
+
+#[test]
+fn the_gateway_serves_https_with_the_domain_certificate() {
+    let d = Daemon::start();
+    let port = free_port();
+    let dir = d.home().join("certs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let status = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+        .args(["-keyout", "key.pem", "-out", "cert.pem", "-days", "1", "-subj", "/CN=secure.local"])
+        .args(["-addext", "subjectAltName=DNS:secure.local"])
+        .current_dir(&dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl generates the test certificate");
+    assert!(status.success());
+    let manifest = |key: &str| {
+        format!(
+            r#"apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: secure
+spec:
+  components:
+    - name: web
+      type: webservice
+      properties:
+        cmd: ["{TESTSVC}"]
+        ports: [{{port: {port}}}]
+      traits:
+        - type: gateway
+          properties:
+            domain: secure.local
+            http: {{"/": {port}}}
+            tls: {{certFile: certs/cert.pem, keyFile: certs/{key}}}
+"#
+        )
+    };
+    d.apply("secure.yaml", &manifest("key.pem"));
+    d.wait_phase("secure", "running", 30);
+    let tls = d.gateway_tls_addr();
+    let tls_port = tls.rsplit(':').next().unwrap();
+    let curl = |extra: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(dir.join("cert.pem"))
+            .args(["--resolve", &format!("secure.local:{tls_port}:127.0.0.1")])
+            .args(extra)
+            .arg(format!("https://secure.local:{tls_port}/"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, body, err) = curl(&["--http1.1"]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(v["instance"].as_str().unwrap().starts_with("web-"), "{body}");
+    let (ok, body, err) = curl(&["--http2"]);
+    assert!(ok, "{err}");
+    assert!(body.contains("\"instance\""), "{body}");
+    // A key that cannot be read fails the component with the reason, and the certificate
+    // served so far stays in place.
+    d.apply("secure.yaml", &manifest("missing.pem"));
+    let st = d.wait_phase("secure", "failed", 30);
+    assert!(st["message"].as_str().unwrap().contains("cannot read private key"), "{st}");
+    let (ok, _, err) = curl(&["--http1.1"]);
+    assert!(ok, "{err}");
+}

@@ -61,7 +61,15 @@ impl Daemon {
             .open(self.home().join("daemon.log"))
             .unwrap();
         let child = Command::new(YUN)
-            .args(["server", "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0"])
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--gateway",
+                "127.0.0.1:0",
+                "--gateway-tls",
+                "127.0.0.1:0",
+            ])
             .env("YUN_HOME", self.home())
             .env("YUN_LOG", "debug")
             .stdout(log.try_clone().unwrap())
@@ -163,6 +171,12 @@ impl Daemon {
         let info: Value =
             serde_json::from_str(&std::fs::read_to_string(self.home().join("daemon.json")).unwrap()).unwrap();
         info["gateway"].as_str().expect("the daemon runs a gateway").to_string()
+    }
+
+    pub fn gateway_tls_addr(&self) -> String {
+        let info: Value =
+            serde_json::from_str(&std::fs::read_to_string(self.home().join("daemon.json")).unwrap()).unwrap();
+        info["gateway_tls"].as_str().expect("the daemon runs an HTTPS gateway").to_string()
     }
 
     pub fn token(&self) -> String {
