@@ -22,7 +22,7 @@ use yun_model::{LoadBalancer, RetryOn};
 use crate::endpoints::{Balancer, Endpoints, Lease};
 use crate::metrics::{ComponentLabels, InstanceLabels, Metrics, RejectLabels, RouteLabels, RouteSeries};
 use crate::policy::{Admit, Breaker, Guard, Policies, Ticket, route_matches};
-use crate::{NO_ENDPOINT_WAIT, PortConfig};
+use crate::{EXTERNAL, NO_ENDPOINT_WAIT, PortConfig};
 
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -518,6 +518,33 @@ impl Proxy {
                     tracing::debug!(component = %self.component, %addr, error = %e, "Upstream request failed.");
                     return Err(Failure::Upstream(e));
                 }
+            }
+        }
+    }
+
+    /// Plain TCP: connects the client to an instance (trying up to three when connecting
+    /// fails) and copies bytes both ways until either side closes.
+    pub(crate) async fn pass_through(self: Arc<Self>, mut client: tokio::net::TcpStream) {
+        let balancer = self.active().balancer;
+        let mut tried = Vec::new();
+        for _ in 0..MAX_CONNECT_ATTEMPTS {
+            if self.endpoints.is_empty() && !self.endpoints.wait_for_any(NO_ENDPOINT_WAIT).await {
+                return;
+            }
+            let Some(lease) = self.endpoints.pick(balancer, &tried) else { return };
+            tried.push(lease.addr());
+            let connect =
+                tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(lease.addr()));
+            match connect.await {
+                Ok(Ok(mut upstream)) => {
+                    let _ = upstream.set_nodelay(true);
+                    self.record(&lease, true);
+                    let series = self.series("tcp");
+                    series.requests(EXTERNAL, lease.instance(), 200).inc();
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    return;
+                }
+                _ => self.record(&lease, false),
             }
         }
     }

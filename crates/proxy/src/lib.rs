@@ -73,6 +73,37 @@ impl Drop for ServicePort {
     }
 }
 
+/// Binds `127.0.0.1:port` for plain TCP: each connection is passed through to an instance
+/// chosen by the balancer, byte for byte, and counts as in flight until it closes.
+pub async fn bind_tcp(
+    port: u16,
+    app: String,
+    component: String,
+    config: PortConfig,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<ServicePort> {
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    let endpoints = Arc::new(Endpoints::default());
+    let active = Arc::new(RwLock::new(Arc::new(forward::Active::new(config))));
+    let proxy = Arc::new(forward::Proxy::new(app, component, metrics, endpoints.clone(), active.clone()));
+    let tcp_proxy = proxy.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Accept failed.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(tcp_proxy.clone().pass_through(stream));
+        }
+    });
+    Ok(ServicePort { port, endpoints, active, proxy, task })
+}
+
 /// Binds `127.0.0.1:port` and starts forwarding to the endpoints of `app`'s `component`,
 /// counting in `metrics`.
 pub async fn bind(

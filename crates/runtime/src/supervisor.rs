@@ -571,7 +571,20 @@ impl Supervisor {
             let (app, name, metrics) =
                 (self.shared.app.clone(), self.name.clone(), self.shared.metrics.clone());
             let callers = self.shared.callers.clone();
-            match yun_proxy::bind(*port, app, name, port_config(desired), metrics, callers).await {
+            // Ports named `tcp` or `tcp-…` pass plain TCP through; the others speak HTTP.
+            let tcp = desired
+                .component
+                .ports
+                .iter()
+                .find(|p| p.port == *port)
+                .and_then(|p| p.name.as_deref())
+                .is_some_and(|n| n == "tcp" || n.starts_with("tcp-"));
+            let bound = if tcp {
+                yun_proxy::bind_tcp(*port, app, name, port_config(desired), metrics).await
+            } else {
+                yun_proxy::bind(*port, app, name, port_config(desired), metrics, callers).await
+            };
+            match bound {
                 Ok(p) => self.ports.push(p),
                 Err(e) => errors.push(format!("cannot listen on service port {port}: {e}")),
             }

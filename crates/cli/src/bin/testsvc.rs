@@ -18,7 +18,8 @@
 //!
 //! Environment: `PORT` (required), `VERSION`, `STARTUP_DELAY_MS`, `FAIL_AT_START` (exit 1),
 //! `FAIL_EVERY=N` (every Nth request answers 500), `DELAY_MS` (every request waits),
-//! `MODE=garbage` (answer every connection with bytes that are not HTTP).
+//! `MODE=garbage` (answer every connection with bytes that are not HTTP), `MODE=echo` (plain
+//! TCP: echo every byte, prefixed once per connection with `$YUN_INSTANCE\n`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -70,8 +71,17 @@ async fn main() {
         delay: Duration::from_millis(env("DELAY_MS").parse().unwrap_or(0)),
     });
     let garbage = env("MODE") == "garbage";
+    let echo = env("MODE") == "echo";
     loop {
         let Ok((mut stream, _)) = listener.accept().await else { continue };
+        if echo {
+            tokio::spawn(async move {
+                let _ = stream.write_all(format!("{}\n", env("YUN_INSTANCE")).as_bytes()).await;
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+            continue;
+        }
         if garbage {
             tokio::spawn(async move {
                 let mut buf = [0u8; 1024];

@@ -273,3 +273,50 @@ spec:
     assert!(metrics.contains(r#"source="callers/client""#), "{metrics}");
     assert!(metrics.contains(r#"source="external""#), "{metrics}");
 }
+
+#[test]
+fn ports_named_tcp_pass_plain_tcp_through() {
+    let d = Daemon::start();
+    let port = free_port();
+    let manifest = format!(
+        r#"apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: rawtcp
+spec:
+  components:
+    - name: echo
+      type: webservice
+      properties:
+        cmd: ["{TESTSVC}"]
+        ports: [{{port: {port}, name: tcp-echo}}]
+        env: [{{name: MODE, value: echo}}]
+      traits:
+        - type: scaler
+          properties: {{replicas: 2}}
+        - type: traffic
+          properties: {{loadBalancer: round-robin}}
+"#
+    );
+    d.apply("tcp.yaml", &manifest);
+    eventually(30, "2 ready", || (d.status("rawtcp")["components"][0]["ready"] == 2).then_some(()));
+    let mut instances = std::collections::BTreeSet::new();
+    for i in 0..4 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut first = Vec::new();
+        let mut byte = [0u8; 1];
+        while !first.ends_with(b"\n") {
+            s.read_exact(&mut byte).unwrap();
+            first.push(byte[0]);
+        }
+        instances.insert(String::from_utf8(first).unwrap());
+        // Not HTTP at all: binary bytes come back unchanged.
+        let payload: Vec<u8> = (0..=255u8).cycle().take(10_000 + i).collect();
+        s.write_all(&payload).unwrap();
+        let mut got = vec![0u8; payload.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(got, payload);
+    }
+    assert_eq!(instances.len(), 2, "connections are balanced: {instances:?}");
+}
