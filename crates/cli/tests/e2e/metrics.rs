@@ -3,6 +3,8 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use serde_json::Value;
+
 use crate::support::*;
 
 #[test]
@@ -72,4 +74,57 @@ spec:
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A real Prometheus server scrapes the daemon with the token and sees the data plane.
+#[test]
+fn a_real_prometheus_scrapes_the_daemon() {
+    let d = Daemon::start();
+    let port = free_port();
+    let manifest = format!(
+        "apiVersion: core.oam.dev/v1beta1\nkind: Application\nmetadata: {{name: scraped}}\nspec:\n  components:\n    - name: api\n      type: webservice\n      properties: {{cmd: [\"{TESTSVC}\"], ports: [{{port: {port}}}]}}\n"
+    );
+    d.apply("scraped.yaml", &manifest);
+    d.wait_phase("scraped", "running", 30);
+    for _ in 0..5 {
+        Http::new(&format!("127.0.0.1:{port}")).get("/").unwrap();
+    }
+    let prom_port = free_port();
+    let dir = d.home().join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = format!(
+        "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: yun\n    authorization: {{credentials_file: {}}}\n    static_configs: [{{targets: [\"{}\"]}}]\n",
+        d.home().join("token").display(),
+        d.api_addr()
+    );
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus is needed (Debian package prometheus; scripts/test installs it)");
+    let query = |q: &str| -> Option<Value> {
+        let path = format!("/api/v1/query?query={q}");
+        let (code, body) = Http::new(&format!("127.0.0.1:{prom_port}")).get(&path).ok()?;
+        (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        eventually(60, "Prometheus scraped the daemon", || {
+            let v = query("up%7Bjob%3D%22yun%22%7D")?;
+            (v["data"]["result"][0]["value"][1] == "1").then_some(())
+        });
+        eventually(30, "request counts in Prometheus", || {
+            let v = query("sum(yun_proxy_requests_total%7Bapp%3D%22scraped%22%7D)")?;
+            let n: f64 = v["data"]["result"][0]["value"][1].as_str()?.parse().ok()?;
+            (n >= 5.0).then_some(())
+        });
+    }));
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
 }
