@@ -482,11 +482,29 @@ pub struct Traffic {
     /// Injected faults, first match wins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<Fault>,
+    /// Copies a share of requests to another component of the app; its answers are discarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
+}
+
+/// Traffic mirroring (shadowing).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Mirror {
+    /// The webservice component of the same app that receives the copies.
+    pub component: String,
+    /// Share of requests copied, 0–100.
+    pub percent: f64,
 }
 
 /// Problems in a `traffic` trait: (field path, message).
 pub fn check_traffic(t: &Traffic) -> Vec<(String, String)> {
     let mut out = Vec::new();
+    if let Some(m) = &t.mirror
+        && !(0.0..=100.0).contains(&m.percent)
+    {
+        out.push(("mirror.percent".into(), "must be between 0 and 100".into()));
+    }
     for (i, f) in t.faults.iter().enumerate() {
         let at = format!("faults[{i}]");
         if f.delay.is_none() && f.abort.is_none() {

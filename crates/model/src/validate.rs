@@ -401,6 +401,7 @@ impl Ctx<'_> {
             }
         }
         self.check_dependencies(&components, items);
+        self.check_mirrors(&components, items);
         self.check_fixed_ports(&components);
         components
     }
@@ -1011,6 +1012,36 @@ impl Ctx<'_> {
                     format!("dependency cycle: {}", cycle.join(" -> ")),
                 );
                 reported = true;
+            }
+        }
+    }
+
+    fn check_mirrors(&mut self, components: &[Component], items: &[Value]) {
+        for (i, c) in components.iter().enumerate() {
+            let Some(m) = c.traffic.as_ref().and_then(|t| t.mirror.as_ref()) else { continue };
+            let t = items
+                .get(i)
+                .and_then(|item| {
+                    item.get("traits")?
+                        .as_array()?
+                        .iter()
+                        .position(|t| t.get("type") == Some(&Value::from("traffic")))
+                })
+                .unwrap_or(0);
+            let at = format!("spec.components[{i}].traits[{t}].properties.mirror.component");
+            let names: Vec<&str> = components.iter().map(|c| c.name.as_str()).collect();
+            match components.iter().find(|x| x.name == m.component) {
+                None => {
+                    let msg =
+                        format!("unknown component \"{}\"{}", m.component, suggestion(&m.component, &names));
+                    self.error(&at, msg);
+                }
+                Some(x) if x.name == c.name => self.error(&at, "a component cannot mirror to itself".into()),
+                Some(x) if x.kind != ComponentKind::Webservice => self.error(
+                    &at,
+                    format!("\"{}\" is a {}; mirrors go to webservices", x.name, x.kind.as_str()),
+                ),
+                Some(_) => {}
             }
         }
     }

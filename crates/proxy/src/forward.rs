@@ -383,6 +383,18 @@ impl Proxy {
         } else {
             (None, Some(body))
         };
+        if let (Some(addr), Some(body)) = (active.config.mirror_addr, &buffered) {
+            let percent = active
+                .config
+                .traffic
+                .as_ref()
+                .and_then(|t| t.mirror.as_ref())
+                .map(|m| m.percent)
+                .unwrap_or(0.0);
+            if rand::random::<f64>() * 100.0 < percent {
+                self.mirror(addr, &parts, body.clone());
+            }
+        }
         let retries = guard.policy.retries.as_ref();
         let may_resend =
             buffered.is_some() && (idempotent(&parts.method) || retries.is_some_and(|r| r.non_idempotent));
@@ -520,6 +532,30 @@ impl Proxy {
                 }
             }
         }
+    }
+
+    /// Sends a copy of the request to the mirror, in the background; the answer is discarded
+    /// and can neither delay nor fail the original request.
+    fn mirror(&self, addr: SocketAddr, parts: &hyper::http::request::Parts, body: Bytes) {
+        let mut copy = Request::from_parts(parts.clone(), Full::new(body).map_err(|n| match n {}).boxed());
+        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let Ok(uri) = format!("http://{addr}{pq}").parse() else { return };
+        *copy.uri_mut() = uri;
+        *copy.version_mut() = Version::HTTP_11;
+        // As Envoy does, the shadow sees the host with "-shadow" appended.
+        let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+        if let Ok(v) = HeaderValue::from_str(&format!("{host}-shadow")) {
+            copy.headers_mut().insert(header::HOST, v);
+        }
+        let client = self.http1.clone();
+        tokio::spawn(async move {
+            let send = async {
+                if let Ok(resp) = client.request(copy).await {
+                    let _ = resp.into_body().collect().await;
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(10), send).await;
+        });
     }
 
     /// Plain TCP: connects the client to an instance (trying up to three when connecting

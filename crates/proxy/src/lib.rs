@@ -36,6 +36,8 @@ pub struct PortConfig {
     pub resilience: Option<yun_model::Resilience>,
     /// Balancing and fault injection (the component's `traffic` trait).
     pub traffic: Option<yun_model::Traffic>,
+    /// Service address that receives mirrored copies (`traffic.mirror`).
+    pub mirror_addr: Option<SocketAddr>,
 }
 
 /// A bound service port and its forwarding task; dropping it closes the port.

@@ -278,6 +278,11 @@ async fn app_actor(
                 env,
                 workdir: d.base_dir.join(c.workdir.as_deref().unwrap_or(".")),
                 base_dir: d.base_dir.clone(),
+                mirror_port: c
+                    .traffic
+                    .as_ref()
+                    .and_then(|t| t.mirror.as_ref())
+                    .and_then(|m| d.service_ports_of(&m.component).first().copied()),
                 service_ports: d.service_ports_of(&c.name),
                 deps_ready,
                 stopped: d.stopped,

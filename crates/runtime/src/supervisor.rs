@@ -37,6 +37,8 @@ pub(crate) struct Desired {
     pub workdir: PathBuf,
     /// The manifest's directory, for paths in traits (gateway certificates).
     pub base_dir: PathBuf,
+    /// Service port of the component that receives mirrored traffic.
+    pub mirror_port: Option<u16>,
     pub service_ports: Vec<u16>,
     pub deps_ready: bool,
     pub stopped: bool,
@@ -228,6 +230,7 @@ fn port_config(desired: &Desired) -> yun_proxy::PortConfig {
     yun_proxy::PortConfig {
         resilience: desired.component.resilience.clone(),
         traffic: desired.component.traffic.clone(),
+        mirror_addr: desired.mirror_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
     }
 }
 

@@ -13,7 +13,8 @@
 //! - `POST /exit` → the process exits with code 3
 //! - `POST /break` → from now on every request but `/healthz` and `/count` answers 500
 //! - `POST /fix` → undoes `/break`
-//! - `GET /count` → how many requests this instance has received
+//! - `GET /count` → how many requests this instance has received (`/count`, `/max-inflight`
+//!   and `/healthz` themselves are not counted)
 //! - `GET /max-inflight` → the most requests it has handled at once
 //!
 //! Environment: `PORT` (required), `VERSION`, `STARTUP_DELAY_MS`, `FAIL_AT_START` (exit 1),
@@ -124,7 +125,13 @@ async fn handle(req: Request<Incoming>, state: &State) -> Response<Body> {
 }
 
 async fn serve(mut req: Request<Incoming>, state: &State) -> Response<Body> {
-    let n = state.requests.fetch_add(1, Ordering::SeqCst) + 1;
+    // Observation requests are not counted, so tests can poll them.
+    let observing = matches!(req.uri().path(), "/count" | "/max-inflight" | "/healthz");
+    let n = if observing {
+        state.requests.load(Ordering::SeqCst)
+    } else {
+        state.requests.fetch_add(1, Ordering::SeqCst) + 1
+    };
     if !state.delay.is_zero() {
         tokio::time::sleep(state.delay).await;
     }
