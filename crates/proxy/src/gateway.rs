@@ -13,8 +13,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::EXTERNAL;
 use crate::forward::{Body, Proxy, error};
+use crate::{EXTERNAL, accept};
 
 /// A component's service proxy, to route requests into.
 #[derive(Clone)]
@@ -233,22 +233,6 @@ where
             .serve_connection_with_upgrades(TokioIo::new(io), svc)
             .await;
     });
-}
-
-async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                return (stream, peer);
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "Gateway accept failed.");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
 }
 
 async fn serve_plain(listener: TcpListener, gateway: std::sync::Weak<Gateway>) {

@@ -75,38 +75,15 @@ impl Drop for ServicePort {
     }
 }
 
-/// Binds `127.0.0.1:port` for plain TCP: each connection is passed through to an instance
-/// chosen by the balancer, byte for byte, and counts as in flight until it closes.
-pub async fn bind_tcp(
-    port: u16,
-    app: String,
-    component: String,
-    config: PortConfig,
-    metrics: Arc<Metrics>,
-) -> std::io::Result<ServicePort> {
-    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
-    let endpoints = Arc::new(Endpoints::default());
-    let active = Arc::new(RwLock::new(Arc::new(forward::Active::new(config))));
-    let proxy = Arc::new(forward::Proxy::new(app, component, metrics, endpoints.clone(), active.clone()));
-    let tcp_proxy = proxy.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Accept failed.");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(tcp_proxy.clone().pass_through(stream));
-        }
-    });
-    Ok(ServicePort { port, endpoints, active, proxy, task })
+/// How a service port treats connections.
+enum Mode {
+    /// HTTP/1.1 and HTTP/2, request by request, with the caller resolved per connection.
+    Http(Arc<Callers>),
+    /// Plain TCP, passed through byte for byte.
+    Tcp,
 }
 
-/// Binds `127.0.0.1:port` and starts forwarding to the endpoints of `app`'s `component`,
+/// Binds `127.0.0.1:port` and starts forwarding HTTP to the endpoints of `app`'s `component`,
 /// counting in `metrics`.
 pub async fn bind(
     port: u16,
@@ -116,43 +93,86 @@ pub async fn bind(
     metrics: Arc<Metrics>,
     callers: Arc<Callers>,
 ) -> std::io::Result<ServicePort> {
+    bind_mode(port, app, component, config, metrics, Mode::Http(callers)).await
+}
+
+/// Binds `127.0.0.1:port` for plain TCP: each connection is passed through to an instance
+/// chosen by the balancer, byte for byte, and counts as in flight until it closes.
+pub async fn bind_tcp(
+    port: u16,
+    app: String,
+    component: String,
+    config: PortConfig,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<ServicePort> {
+    bind_mode(port, app, component, config, metrics, Mode::Tcp).await
+}
+
+async fn bind_mode(
+    port: u16,
+    app: String,
+    component: String,
+    config: PortConfig,
+    metrics: Arc<Metrics>,
+    mode: Mode,
+) -> std::io::Result<ServicePort> {
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     let endpoints = Arc::new(Endpoints::default());
     let active = Arc::new(RwLock::new(Arc::new(forward::Active::new(config))));
     let proxy = Arc::new(forward::Proxy::new(app, component, metrics, endpoints.clone(), active.clone()));
     let accept_proxy = proxy.clone();
     let task = tokio::spawn(async move {
-        let proxy = accept_proxy;
         loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "Accept failed.");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+            let (stream, peer) = accept(&listener).await;
+            let proxy = accept_proxy.clone();
+            match &mode {
+                Mode::Tcp => {
+                    tokio::spawn(proxy.pass_through(stream));
                 }
-            };
-            let _ = stream.set_nodelay(true);
-            let proxy = proxy.clone();
-            let callers = callers.clone();
-            tokio::spawn(async move {
-                // Who is calling, once per connection (reads /proc, so off the workers).
-                let local = stream.local_addr().unwrap_or(peer);
-                let source: Arc<str> = tokio::task::spawn_blocking(move || callers.resolve(peer, local))
-                    .await
-                    .unwrap_or_else(|_| EXTERNAL.to_string())
-                    .into();
-                let svc = hyper::service::service_fn(move |req| {
-                    let proxy = proxy.clone();
-                    let source = source.clone();
-                    async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer, &source).await) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .await;
-            });
+                Mode::Http(callers) => {
+                    tokio::spawn(serve_http(stream, peer, proxy, callers.clone()));
+                }
+            }
         }
     });
     Ok(ServicePort { port, endpoints, active, proxy, task })
+}
+
+async fn serve_http(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    proxy: Arc<forward::Proxy>,
+    callers: Arc<Callers>,
+) {
+    // Who is calling, once per connection (reads /proc, so off the workers).
+    let local = stream.local_addr().unwrap_or(peer);
+    let source: Arc<str> = tokio::task::spawn_blocking(move || callers.resolve(peer, local))
+        .await
+        .unwrap_or_else(|_| EXTERNAL.to_string())
+        .into();
+    let svc = hyper::service::service_fn(move |req| {
+        let proxy = proxy.clone();
+        let source = source.clone();
+        async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer, &source).await) }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+        .await;
+}
+
+/// The next connection, with Nagle off; failures (out of file descriptors and the like) back
+/// off instead of spinning.
+pub(crate) async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return (stream, peer);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Accept failed.");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
