@@ -485,6 +485,47 @@ pub struct Traffic {
     /// Copies a share of requests to another component of the app; its answers are discarded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<Mirror>,
+    /// Weighted split to other webservices of the app (canary, as SMI's TrafficSplit); the
+    /// weight left over (100 − sum) stays with this component.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<Backend>,
+    /// Requests matching a header or cookie go to another webservice (gray release to chosen
+    /// users); checked before the split, first match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<TrafficRoute>,
+}
+
+/// A share of traffic for another component.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Backend {
+    /// Webservice of the same app.
+    pub component: String,
+    /// Percent of requests, 0–100.
+    pub weight: u32,
+}
+
+/// Which requests a traffic route takes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TrafficMatch {
+    /// Headers that must all be present with exactly these values (names case-insensitive).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// A cookie that must be present with this value, as `name=value`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+}
+
+/// Routes matching requests to another component.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TrafficRoute {
+    /// Which requests.
+    #[serde(rename = "match")]
+    pub matches: TrafficMatch,
+    /// Webservice of the same app that takes them.
+    pub component: String,
 }
 
 /// Traffic mirroring (shadowing).
@@ -500,6 +541,23 @@ pub struct Mirror {
 /// Problems in a `traffic` trait: (field path, message).
 pub fn check_traffic(t: &Traffic) -> Vec<(String, String)> {
     let mut out = Vec::new();
+    let total: u32 = t.split.iter().map(|b| b.weight).sum();
+    if total > 100 {
+        out.push(("split".into(), format!("weights add up to {total}; at most 100")));
+    }
+    for (i, r) in t.routes.iter().enumerate() {
+        if r.matches.headers.is_empty() && r.matches.cookie.is_none() {
+            out.push((format!("routes[{i}].match"), "give headers and/or cookie".into()));
+        }
+        for name in r.matches.headers.keys() {
+            if hyper_safe_header(name).is_none() {
+                out.push((format!("routes[{i}].match.headers"), format!("invalid header name \"{name}\"")));
+            }
+        }
+        if r.matches.cookie.as_deref().is_some_and(|c| c.split_once('=').is_none_or(|(n, _)| n.is_empty())) {
+            out.push((format!("routes[{i}].match.cookie"), "use name=value".into()));
+        }
+    }
     if let Some(m) = &t.mirror
         && !(0.0..=100.0).contains(&m.percent)
     {
@@ -525,4 +583,11 @@ pub fn check_traffic(t: &Traffic) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// A header name as HTTP allows it (token characters), lower-cased.
+fn hyper_safe_header(name: &str) -> Option<String> {
+    let ok = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    ok.then(|| name.to_ascii_lowercase())
 }

@@ -381,3 +381,54 @@ fn traffic_trait_is_validated() {
         assert!(has(&d, &format!("{at}.{field}"), needle), "{field}: {d:#?}");
     }
 }
+
+#[test]
+fn traffic_targets_and_weights_are_validated() {
+    let with_traffic = |props: &str| {
+        GOOD.replace(
+            "        - type: labels\n          properties:\n            tier: web\n",
+            &format!("        - type: labels\n          properties:\n            tier: web\n        - type: traffic\n          properties:\n{props}"),
+        )
+    };
+    let ok = parse_manifest(
+        &with_traffic("            split: [{component: catalogue, weight: 5}]\n"),
+        None,
+        Target::Local,
+    )
+    .unwrap();
+    assert_eq!(ok.apps[0].component("frontend").unwrap().traffic.as_ref().unwrap().split[0].weight, 5);
+    let at = "spec.components[0].traits[3].properties";
+    for (props, field, needle) in [
+        (
+            "            split: [{component: catalogue, weight: 60}, {component: catalogue, weight: 50}]\n",
+            "split",
+            "at most 100",
+        ),
+        (
+            "            split: [{component: catalog, weight: 5}]\n",
+            "split[0].component",
+            "did you mean \"catalogue\"",
+        ),
+        ("            split: [{component: frontend, weight: 5}]\n", "split[0].component", "itself"),
+        ("            split: [{component: mailer, weight: 5}]\n", "split[0].component", "is a worker"),
+        ("            mirror: {component: report, percent: 5}\n", "mirror.component", "is a cron-task"),
+        (
+            "            routes: [{match: {}, component: catalogue}]\n",
+            "routes[0].match",
+            "headers and/or cookie",
+        ),
+        (
+            "            routes: [{match: {cookie: novalue}, component: catalogue}]\n",
+            "routes[0].match.cookie",
+            "name=value",
+        ),
+        (
+            "            routes: [{match: {headers: {\"bad header\": x}}, component: catalogue}]\n",
+            "routes[0].match.headers",
+            "invalid header name",
+        ),
+    ] {
+        let d = errors(&with_traffic(props));
+        assert!(has(&d, &format!("{at}.{field}"), needle), "{field}: {d:#?}");
+    }
+}

@@ -1016,10 +1016,12 @@ impl Ctx<'_> {
         }
     }
 
+    /// Mirror, split and route targets must be other webservices of the app.
     fn check_mirrors(&mut self, components: &[Component], items: &[Value]) {
+        let names: Vec<&str> = components.iter().map(|c| c.name.as_str()).collect();
         for (i, c) in components.iter().enumerate() {
-            let Some(m) = c.traffic.as_ref().and_then(|t| t.mirror.as_ref()) else { continue };
-            let t = items
+            let Some(t) = &c.traffic else { continue };
+            let trait_index = items
                 .get(i)
                 .and_then(|item| {
                     item.get("traits")?
@@ -1028,20 +1030,32 @@ impl Ctx<'_> {
                         .position(|t| t.get("type") == Some(&Value::from("traffic")))
                 })
                 .unwrap_or(0);
-            let at = format!("spec.components[{i}].traits[{t}].properties.mirror.component");
-            let names: Vec<&str> = components.iter().map(|c| c.name.as_str()).collect();
-            match components.iter().find(|x| x.name == m.component) {
-                None => {
-                    let msg =
-                        format!("unknown component \"{}\"{}", m.component, suggestion(&m.component, &names));
-                    self.error(&at, msg);
+            let base = format!("spec.components[{i}].traits[{trait_index}].properties");
+            let mut targets: Vec<(String, &str)> = Vec::new();
+            if let Some(m) = &t.mirror {
+                targets.push((format!("{base}.mirror.component"), &m.component));
+            }
+            for (k, b) in t.split.iter().enumerate() {
+                targets.push((format!("{base}.split[{k}].component"), &b.component));
+            }
+            for (k, r) in t.routes.iter().enumerate() {
+                targets.push((format!("{base}.routes[{k}].component"), &r.component));
+            }
+            for (at, target) in targets {
+                match components.iter().find(|x| x.name == target) {
+                    None => {
+                        let msg = format!("unknown component \"{target}\"{}", suggestion(target, &names));
+                        self.error(&at, msg);
+                    }
+                    Some(x) if x.name == c.name => {
+                        self.error(&at, "a component cannot send traffic to itself".into())
+                    }
+                    Some(x) if x.kind != ComponentKind::Webservice => self.error(
+                        &at,
+                        format!("\"{}\" is a {}; traffic goes to webservices", x.name, x.kind.as_str()),
+                    ),
+                    Some(_) => {}
                 }
-                Some(x) if x.name == c.name => self.error(&at, "a component cannot mirror to itself".into()),
-                Some(x) if x.kind != ComponentKind::Webservice => self.error(
-                    &at,
-                    format!("\"{}\" is a {}; mirrors go to webservices", x.name, x.kind.as_str()),
-                ),
-                Some(_) => {}
             }
         }
     }

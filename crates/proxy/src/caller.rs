@@ -9,6 +9,9 @@ use std::sync::RwLock;
 
 /// The caller of connections that no known instance made.
 pub const EXTERNAL: &str = "external";
+/// Connections the daemon itself makes (splitting traffic to another component): the caller
+/// they carry in `x-yun-caller` is believed.
+pub const TRUSTED: &str = "@daemon";
 
 /// Instance process groups and the component each belongs to (`app/component`), kept by the
 /// runtime as instances start and stop.
@@ -45,9 +48,13 @@ impl Callers {
         }
         let inode = socket_inode(peer, local)?;
         let target = format!("socket:[{inode}]");
+        let me = std::process::id();
+        let trusted = TRUSTED.to_string();
         for entry in std::fs::read_dir("/proc").ok()?.flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-            let Some(caller) = process_group(pid).and_then(|g| groups.get(&g)) else { continue };
+            let caller =
+                if pid == me { Some(&trusted) } else { process_group(pid).and_then(|g| groups.get(&g)) };
+            let Some(caller) = caller else { continue };
             let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
             for fd in fds.flatten() {
                 if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str()) {
@@ -91,16 +98,29 @@ mod tests {
 
     #[test]
     fn finds_the_process_group_owning_a_client_socket() {
+        use std::os::unix::process::CommandExt;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let local = listener.local_addr().unwrap();
+        // A caller in its own process group, holding a connection open.
+        let mut child = std::process::Command::new("bash")
+            .args(["-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{}; sleep 30", local.port())])
+            .process_group(0)
+            .spawn()
+            .unwrap();
         let (_server, peer) = listener.accept().unwrap();
-        assert_eq!(peer, client.local_addr().unwrap());
         let callers = Callers::default();
-        assert_eq!(callers.resolve(peer, listener.local_addr().unwrap()), EXTERNAL, "nothing registered");
-        let me = process_group(std::process::id()).unwrap();
-        callers.insert(me, "app/tests".into());
-        assert_eq!(callers.resolve(peer, listener.local_addr().unwrap()), "app/tests");
-        callers.remove(me);
-        assert_eq!(callers.resolve(peer, listener.local_addr().unwrap()), EXTERNAL);
+        assert_eq!(callers.resolve(peer, local), EXTERNAL, "nothing registered");
+        callers.insert(child.id(), "app/tests".into());
+        assert_eq!(callers.resolve(peer, local), "app/tests");
+        callers.remove(child.id());
+        assert_eq!(callers.resolve(peer, local), EXTERNAL);
+        // The daemon's own connections are trusted to carry their caller.
+        callers.insert(child.id(), "app/tests".into());
+        let own = std::net::TcpStream::connect(local).unwrap();
+        let (_s, own_peer) = listener.accept().unwrap();
+        assert_eq!(own_peer, own.local_addr().unwrap());
+        assert_eq!(callers.resolve(own_peer, local), TRUSTED);
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

@@ -22,7 +22,7 @@ use yun_model::{LoadBalancer, RetryOn};
 use crate::endpoints::{Balancer, Endpoints, Lease};
 use crate::metrics::{ComponentLabels, InstanceLabels, Metrics, RejectLabels, RouteLabels, RouteSeries};
 use crate::policy::{Admit, Breaker, Guard, Policies, Ticket, route_matches};
-use crate::{EXTERNAL, NO_ENDPOINT_WAIT, PortConfig};
+use crate::{EXTERNAL, NO_ENDPOINT_WAIT, PortConfig, TRUSTED};
 
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -73,6 +73,37 @@ impl Active {
             LoadBalancer::RoundRobin => Balancer::RoundRobin,
         };
         Active { config, policies, balancer }
+    }
+
+    /// The other component this request goes to, if a traffic route matches or the split
+    /// picks one.
+    fn backend<B>(&self, req: &Request<B>) -> Option<(String, SocketAddr)> {
+        let t = self.config.traffic.as_ref()?;
+        let headers = req.headers();
+        let route = t.routes.iter().find(|r| {
+            r.matches
+                .headers
+                .iter()
+                .all(|(k, v)| headers.get(k.as_str()).is_some_and(|h| h.as_bytes() == v.as_bytes()))
+                && r.matches.cookie.as_deref().is_none_or(|want| has_cookie(headers, want))
+        });
+        let component = match route {
+            Some(r) => r.component.clone(),
+            None => {
+                let roll = rand::random_range(0..100u32);
+                let mut acc = 0;
+                t.split
+                    .iter()
+                    .find(|b| {
+                        acc += b.weight;
+                        roll < acc
+                    })?
+                    .component
+                    .clone()
+            }
+        };
+        let addr = *self.config.backends.get(&component)?;
+        Some((component, addr))
     }
 
     /// The fault to inject into this request, if any: (delay, abort status).
@@ -199,7 +230,15 @@ impl Proxy {
         peer: SocketAddr,
         source: &str,
     ) -> Response<Body> {
-        // The caller as the platform sees it; whatever a client claimed is replaced.
+        // The caller as the platform sees it; whatever a client claimed is replaced, except on
+        // connections the daemon itself made to pass a request on.
+        let claimed = req.headers().get("x-yun-caller").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let source = match (source, claimed) {
+            (TRUSTED, Some(c)) => c,
+            (TRUSTED, None) => EXTERNAL.to_string(),
+            (s, _) => s.to_string(),
+        };
+        let source = source.as_str();
         req.headers_mut().remove("x-yun-caller");
         if let Ok(v) = HeaderValue::from_str(source) {
             req.headers_mut().insert("x-yun-caller", v);
@@ -217,13 +256,17 @@ impl Proxy {
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
         }
-        let resp = match abort {
-            Some(status) => refusal(
+        let resp = match (abort, active.backend(&req)) {
+            (Some(status), _) => refusal(
                 StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
                 "fault injected by the traffic trait",
                 Some("fault"),
             ),
-            None => self.guarded(req, peer, &active, &guard, &mut trace).await,
+            (None, Some((component, addr))) => {
+                trace.instance = Some(format!("split:{component}"));
+                self.pass_on(req, addr).await
+            }
+            (None, None) => self.guarded(req, peer, &active, &guard, &mut trace).await,
         };
         let series = self.series(&guard.name);
         series.duration.observe(start.elapsed().as_secs_f64());
@@ -534,6 +577,33 @@ impl Proxy {
         }
     }
 
+    /// Passes a request on to another component's service address (split or route), where
+    /// that component's policies apply; the body streams through.
+    async fn pass_on(&self, req: Request<Incoming>, addr: SocketAddr) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        for h in HOP_BY_HOP {
+            parts.headers.remove(*h);
+        }
+        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let Ok(uri) = format!("http://{addr}{pq}").parse() else {
+            return error(StatusCode::BAD_REQUEST, "invalid request target");
+        };
+        parts.uri = uri;
+        let h2 = parts.version == Version::HTTP_2;
+        parts.version = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        let client = if h2 { &self.http2 } else { &self.http1 };
+        match client.request(Request::from_parts(parts, body.boxed())).await {
+            Ok(resp) => {
+                let (mut p, b) = resp.into_parts();
+                for h in HOP_BY_HOP {
+                    p.headers.remove(*h);
+                }
+                Response::from_parts(p, b.boxed())
+            }
+            Err(e) => error(StatusCode::BAD_GATEWAY, &format!("split to {addr}: {}", describe(&e))),
+        }
+    }
+
     /// Sends a copy of the request to the mirror, in the background; the answer is discarded
     /// and can neither delay nor fail the original request.
     fn mirror(&self, addr: SocketAddr, parts: &hyper::http::request::Parts, body: Bytes) {
@@ -634,6 +704,16 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
             .get(header::CONNECTION)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// Whether the `Cookie` headers carry `name=value`.
+fn has_cookie(headers: &hyper::HeaderMap, want: &str) -> bool {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .any(|c| c.trim() == want)
 }
 
 fn bodyless(method: &hyper::Method) -> bool {

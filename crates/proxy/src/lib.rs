@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub use caller::{Callers, EXTERNAL};
+pub use caller::{Callers, EXTERNAL, TRUSTED};
 pub use endpoints::{BASE_EJECTION, Balancer, EJECT_AFTER_FAILURES, Endpoints, Lease, MAX_EJECTION};
 pub use gateway::{Gateway, GatewayRoute, ServiceHandle};
 pub use metrics::Metrics;
@@ -38,6 +38,8 @@ pub struct PortConfig {
     pub traffic: Option<yun_model::Traffic>,
     /// Service address that receives mirrored copies (`traffic.mirror`).
     pub mirror_addr: Option<SocketAddr>,
+    /// Service addresses of the components that `traffic.split` and `traffic.routes` name.
+    pub backends: std::collections::BTreeMap<String, SocketAddr>,
 }
 
 /// A bound service port and its forwarding task; dropping it closes the port.

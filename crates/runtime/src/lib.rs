@@ -283,6 +283,14 @@ async fn app_actor(
                     .as_ref()
                     .and_then(|t| t.mirror.as_ref())
                     .and_then(|m| d.service_ports_of(&m.component).first().copied()),
+                backend_ports: c
+                    .traffic
+                    .iter()
+                    .flat_map(|t| {
+                        t.split.iter().map(|b| &b.component).chain(t.routes.iter().map(|r| &r.component))
+                    })
+                    .filter_map(|name| Some((name.clone(), *d.service_ports_of(name).first()?)))
+                    .collect(),
                 service_ports: d.service_ports_of(&c.name),
                 deps_ready,
                 stopped: d.stopped,

@@ -39,6 +39,8 @@ pub(crate) struct Desired {
     pub base_dir: PathBuf,
     /// Service port of the component that receives mirrored traffic.
     pub mirror_port: Option<u16>,
+    /// Service ports of the components that traffic splits and routes name.
+    pub backend_ports: std::collections::BTreeMap<String, u16>,
     pub service_ports: Vec<u16>,
     pub deps_ready: bool,
     pub stopped: bool,
@@ -231,6 +233,11 @@ fn port_config(desired: &Desired) -> yun_proxy::PortConfig {
         resilience: desired.component.resilience.clone(),
         traffic: desired.component.traffic.clone(),
         mirror_addr: desired.mirror_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
+        backends: desired
+            .backend_ports
+            .iter()
+            .map(|(c, p)| (c.clone(), SocketAddr::from(([127, 0, 0, 1], *p))))
+            .collect(),
     }
 }
 

@@ -366,3 +366,75 @@ spec:
         (n == 20).then_some(())
     });
 }
+
+#[test]
+fn canary_split_and_header_and_cookie_routing() {
+    let d = Daemon::start();
+    let (port, canary_port) = (free_port(), free_port());
+    let manifest = format!(
+        r#"apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: canary
+spec:
+  components:
+    - name: api
+      type: webservice
+      properties:
+        cmd: ["{TESTSVC}"]
+        ports: [{{port: {port}}}]
+        env: [{{name: VERSION, value: v1}}]
+      traits:
+        - type: traffic
+          properties:
+            split: [{{component: api-next, weight: 10}}]
+            routes:
+              - match: {{headers: {{x-beta: "1"}}}}
+                component: api-next
+              - match: {{cookie: canary=yes}}
+                component: api-next
+    - name: api-next
+      type: webservice
+      properties:
+        cmd: ["{TESTSVC}"]
+        ports: [{{port: {canary_port}}}]
+        env: [{{name: VERSION, value: v2}}]
+    - name: client
+      type: worker
+      dependsOn: [api, api-next]
+      properties:
+        cmd: ["bash", "-c", "while true; do exec 3<>/dev/tcp/127.0.0.1/$YUN_SVC_API_PORT; printf 'GET /header/x-yun-caller HTTP/1.1\r\nhost: x\r\nx-beta: 1\r\nconnection: close\r\n\r\n' >&3; echo; cat <&3; exec 3>&-; sleep 0.2; done"]
+"#
+    );
+    d.apply("canary.yaml", &manifest);
+    d.wait_phase("canary", "running", 30);
+    let mut http = Http::new(&format!("127.0.0.1:{port}"));
+    let version = |r: (u16, String)| -> String {
+        assert_eq!(r.0, 200, "{}", r.1);
+        serde_json::from_str::<Value>(&r.1).unwrap()["version"].as_str().unwrap().to_string()
+    };
+    let canary = (0..2000).filter(|_| version(http.get("/").unwrap()) == "v2").count();
+    // Binomial(2000, 0.1): mean 200, sd 13.4; ±5 sd.
+    assert!((133..=267).contains(&canary), "{canary} of 2000 went to the canary at 10%");
+    for _ in 0..20 {
+        assert_eq!(
+            version(http.request("GET", "/", &[("x-beta", "1")], "").unwrap()),
+            "v2",
+            "header routing is exact"
+        );
+        assert_eq!(
+            version(http.request("GET", "/", &[("cookie", "theme=dark; canary=yes")], "").unwrap()),
+            "v2"
+        );
+    }
+    let other = (0..100)
+        .filter(|_| version(http.request("GET", "/", &[("x-beta", "2")], "").unwrap()) == "v2")
+        .count();
+    assert!(other < 40, "a different header value follows the split: {other}");
+    let (_, caller) = http.request("GET", "/header/x-yun-caller", &[("x-beta", "1")], "").unwrap();
+    assert_eq!(caller, "external", "the caller is passed on, not the daemon");
+    // An instance's request routed to the canary still carries its identity there.
+    eventually(30, "the canary sees the original caller", || {
+        d.yun_ok(&["logs", "canary", "client"]).lines().any(|l| l.ends_with("| canary/client")).then_some(())
+    });
+}
