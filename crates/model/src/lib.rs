@@ -14,13 +14,14 @@ mod yaml;
 
 pub use app::{App, Component, ComponentKind, JobSpec, ScheduleSpec, service_env_prefix};
 pub use resilience::{
-    BreakerStrategy, CircuitBreaker, Concurrency, Dur, Fault, FaultAbort, FaultDelay, LoadBalancer, Policy,
-    RateBehavior, RateLimit, Resilience, Retries, RetryOn, Route, RouteMatch, Traffic,
+    Backend, BreakerStrategy, CircuitBreaker, Concurrency, Dur, Fault, FaultAbort, FaultDelay, LoadBalancer,
+    Mirror, Policy, RateBehavior, RateLimit, Resilience, Retries, RetryOn, Route, RouteMatch, Traffic,
+    TrafficMatch, TrafficRoute, revision_component,
 };
 pub use schema::application_schema;
 pub use spec::{
-    ConcurrencyPolicy, ExecAction, GatewayTrait, HttpGetAction, HttpHeader, Port, Probe, Protocol,
-    RestartPolicy, TcpSocketAction,
+    ConcurrencyPolicy, ExecAction, GatewayTls, GatewayTrait, HttpGetAction, HttpHeader, Port, Probe,
+    Protocol, RestartPolicy, TcpSocketAction,
 };
 pub use validate::{
     API_VERSION, Diagnostic, ManifestError, Parsed, Severity, Target, did_you_mean, parse_manifest,

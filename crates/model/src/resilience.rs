@@ -499,10 +499,58 @@ pub struct Traffic {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Backend {
-    /// Webservice of the same app.
-    pub component: String,
+    /// Another webservice of the same app …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
+    /// … or an earlier revision of this component (run beside the current one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
     /// Percent of requests, 0–100.
     pub weight: u32,
+}
+
+/// The name Yun gives the instances of `component` as it was in app revision `revision`,
+/// when traffic is split to that revision. `@` cannot appear in component names, so it never
+/// collides with one.
+pub fn revision_component(component: &str, revision: u64) -> String {
+    format!("{component}@r{revision}")
+}
+
+impl Backend {
+    /// The component that receives this share, for a split on `owner`.
+    pub fn target(&self, owner: &str) -> String {
+        match (&self.component, self.revision) {
+            (Some(c), _) => c.clone(),
+            (None, Some(r)) => revision_component(owner, r),
+            (None, None) => owner.to_string(),
+        }
+    }
+}
+
+impl TrafficRoute {
+    /// The component that receives matching requests, for a route on `owner`.
+    pub fn target(&self, owner: &str) -> String {
+        match (&self.component, self.revision) {
+            (Some(c), _) => c.clone(),
+            (None, Some(r)) => revision_component(owner, r),
+            (None, None) => owner.to_string(),
+        }
+    }
+}
+
+impl Traffic {
+    /// Earlier revisions of the component that splits and routes send traffic to.
+    pub fn revisions(&self) -> Vec<u64> {
+        let mut r: Vec<u64> = self
+            .split
+            .iter()
+            .filter_map(|b| b.revision)
+            .chain(self.routes.iter().filter_map(|r| r.revision))
+            .collect();
+        r.sort_unstable();
+        r.dedup();
+        r
+    }
 }
 
 /// Which requests a traffic route takes.
@@ -524,8 +572,12 @@ pub struct TrafficRoute {
     /// Which requests.
     #[serde(rename = "match")]
     pub matches: TrafficMatch,
-    /// Webservice of the same app that takes them.
-    pub component: String,
+    /// Another webservice of the same app that takes them …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
+    /// … or an earlier revision of this component.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
 }
 
 /// Traffic mirroring (shadowing).
@@ -544,6 +596,25 @@ pub fn check_traffic(t: &Traffic) -> Vec<(String, String)> {
     let total: u32 = t.split.iter().map(|b| b.weight).sum();
     if total > 100 {
         out.push(("split".into(), format!("weights add up to {total}; at most 100")));
+    }
+    let targets = t
+        .split
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (format!("split[{i}]"), b.component.is_some(), b.revision))
+        .chain(
+            t.routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("routes[{i}]"), r.component.is_some(), r.revision)),
+        );
+    for (at, component, revision) in targets {
+        if component == revision.is_some() {
+            out.push((at.clone(), "give either component or revision".into()));
+        }
+        if revision == Some(0) {
+            out.push((format!("{at}.revision"), "revisions count from 1".into()));
+        }
     }
     for (i, r) in t.routes.iter().enumerate() {
         if r.matches.headers.is_empty() && r.matches.cookie.is_none() {

@@ -1036,10 +1036,14 @@ impl Ctx<'_> {
                 targets.push((format!("{base}.mirror.component"), &m.component));
             }
             for (k, b) in t.split.iter().enumerate() {
-                targets.push((format!("{base}.split[{k}].component"), &b.component));
+                if let Some(c) = &b.component {
+                    targets.push((format!("{base}.split[{k}].component"), c));
+                }
             }
             for (k, r) in t.routes.iter().enumerate() {
-                targets.push((format!("{base}.routes[{k}].component"), &r.component));
+                if let Some(c) = &r.component {
+                    targets.push((format!("{base}.routes[{k}].component"), c));
+                }
             }
             for (at, target) in targets {
                 match components.iter().find(|x| x.name == target) {

@@ -77,7 +77,7 @@ impl Active {
 
     /// The other component this request goes to, if a traffic route matches or the split
     /// picks one.
-    fn backend<B>(&self, req: &Request<B>) -> Option<(String, SocketAddr)> {
+    fn backend<B>(&self, owner: &str, req: &Request<B>) -> Option<(String, SocketAddr)> {
         let t = self.config.traffic.as_ref()?;
         let headers = req.headers();
         let route = t.routes.iter().find(|r| {
@@ -88,7 +88,7 @@ impl Active {
                 && r.matches.cookie.as_deref().is_none_or(|want| has_cookie(headers, want))
         });
         let component = match route {
-            Some(r) => r.component.clone(),
+            Some(r) => r.target(owner),
             None => {
                 let roll = rand::random_range(0..100u32);
                 let mut acc = 0;
@@ -98,8 +98,7 @@ impl Active {
                         acc += b.weight;
                         roll < acc
                     })?
-                    .component
-                    .clone()
+                    .target(owner)
             }
         };
         let addr = *self.config.backends.get(&component)?;
@@ -256,7 +255,7 @@ impl Proxy {
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
         }
-        let resp = match (abort, active.backend(&req)) {
+        let resp = match (abort, active.backend(&self.component, &req)) {
             (Some(status), _) => refusal(
                 StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
                 "fault injected by the traffic trait",

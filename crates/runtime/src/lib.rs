@@ -54,10 +54,11 @@ impl Deployment {
         if c.kind != ComponentKind::Webservice {
             return Vec::new();
         }
-        if c.ports.is_empty() {
-            self.service_ports.get(component).copied().into_iter().collect()
-        } else {
-            c.ports.iter().map(|p| p.port).collect()
+        // An allocated port wins: components without ports, and earlier revisions run beside
+        // the current one (whose declared ports the current one holds).
+        match self.service_ports.get(component) {
+            Some(p) => vec![*p],
+            None => c.ports.iter().map(|p| p.port).collect(),
         }
     }
 }
@@ -287,9 +288,15 @@ async fn app_actor(
                     .traffic
                     .iter()
                     .flat_map(|t| {
-                        t.split.iter().map(|b| &b.component).chain(t.routes.iter().map(|r| &r.component))
+                        t.split
+                            .iter()
+                            .map(|b| b.target(&c.name))
+                            .chain(t.routes.iter().map(|r| r.target(&c.name)))
                     })
-                    .filter_map(|name| Some((name.clone(), *d.service_ports_of(name).first()?)))
+                    .filter_map(|name| {
+                        let port = *d.service_ports_of(&name).first()?;
+                        Some((name, port))
+                    })
                     .collect(),
                 service_ports: d.service_ports_of(&c.name),
                 deps_ready,

@@ -238,6 +238,23 @@ async fn apply(State(ctx): Shared, headers: HeaderMap, Json(body): Json<Manifest
             return Err(yun_store::Error::Deleting(app.name.clone()).into());
         }
     }
+    // Traffic may only be split to revisions that exist already.
+    for app in &parsed.apps {
+        let latest = ctx.store.app(&app.name)?.map(|r| r.latest_revision).unwrap_or(0);
+        for c in &app.components {
+            for r in c.traffic.as_ref().map(|t| t.revisions()).unwrap_or_default() {
+                if r > latest {
+                    return Err(ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!(
+                            "{}: component \"{}\" sends traffic to revision {r}, but the app's latest revision is {latest}",
+                            app.name, c.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
     let mut results = Vec::new();
     let who = actor(&headers);
     for app in &parsed.apps {

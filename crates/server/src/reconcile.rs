@@ -54,15 +54,16 @@ async fn reconcile(ctx: &Ctx, name: &str) -> Result<(), yun_store::Error> {
         ctx.store.purge(name)?;
         return Ok(());
     }
-    let record = allocate_service_ports(ctx, record)?;
     let revision = ctx
         .store
         .revision(name, record.current_revision)?
         .ok_or(yun_store::Error::RevisionNotFound { app: name.into(), revision: record.current_revision })?;
+    let spec = with_revision_tracks(ctx, name, revision.spec.clone())?;
+    let record = allocate_service_ports(ctx, record, &spec)?;
     ctx.runtime.deploy(Deployment {
         app: name.into(),
         revision: revision.number,
-        spec: revision.spec,
+        spec,
         base_dir: PathBuf::from(revision.base_dir),
         replicas: record.scale.clone(),
         service_ports: record.service_ports.clone(),
@@ -76,15 +77,45 @@ async fn reconcile(ctx: &Ctx, name: &str) -> Result<(), yun_store::Error> {
 /// (32768–60999), from which instance ports come, so the two never collide.
 const SERVICE_PORTS: std::ops::Range<u16> = 20000..32000;
 
-/// Webservices that declare no port get a loopback port, persisted so that their address
-/// survives daemon restarts.
-fn allocate_service_ports(ctx: &Ctx, record: AppRecord) -> Result<AppRecord, yun_store::Error> {
-    let Some(rev) = ctx.store.revision(&record.name, record.current_revision)? else { return Ok(record) };
-    let missing: Vec<String> = rev
-        .spec
+/// Adds, for every earlier revision that a component's traffic split or routes name, that
+/// revision's spec of the component as an extra component (`name@rN`, one instance) to run
+/// beside the current one.
+fn with_revision_tracks(
+    ctx: &Ctx,
+    app: &str,
+    mut spec: yun_model::App,
+) -> Result<yun_model::App, yun_store::Error> {
+    let mut extra = Vec::new();
+    for c in &spec.components {
+        for r in c.traffic.as_ref().map(|t| t.revisions()).unwrap_or_default() {
+            let old = ctx.store.revision(app, r)?.and_then(|rev| rev.spec.component(&c.name).cloned());
+            let Some(mut old) = old else {
+                tracing::warn!(app, component = %c.name, revision = r, "Split to a revision without this component.");
+                continue;
+            };
+            old.name = yun_model::revision_component(&c.name, r);
+            old.traffic = None;
+            old.gateway = None;
+            old.depends_on.clear();
+            old.replicas = 1;
+            extra.push(old);
+        }
+    }
+    spec.components.extend(extra);
+    Ok(spec)
+}
+
+/// Webservices that declare no port, and revision tracks, get a loopback port, persisted so
+/// that their address survives daemon restarts.
+fn allocate_service_ports(
+    ctx: &Ctx,
+    record: AppRecord,
+    spec: &yun_model::App,
+) -> Result<AppRecord, yun_store::Error> {
+    let missing: Vec<String> = spec
         .components
         .iter()
-        .filter(|c| c.kind == ComponentKind::Webservice && c.ports.is_empty())
+        .filter(|c| c.kind == ComponentKind::Webservice && (c.ports.is_empty() || c.name.contains('@')))
         .filter(|c| !record.service_ports.contains_key(&c.name))
         .map(|c| c.name.clone())
         .collect();

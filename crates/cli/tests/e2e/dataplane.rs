@@ -438,3 +438,60 @@ spec:
         d.yun_ok(&["logs", "canary", "client"]).lines().any(|l| l.ends_with("| canary/client")).then_some(())
     });
 }
+
+#[test]
+fn traffic_splits_to_an_earlier_revision_of_the_same_component() {
+    let d = Daemon::start();
+    let port = free_port();
+    let manifest = |version: &str, traffic: &str| {
+        format!(
+            r#"apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: revsplit
+spec:
+  components:
+    - name: api
+      type: webservice
+      properties:
+        cmd: ["{TESTSVC}"]
+        ports: [{{port: {port}}}]
+        env: [{{name: VERSION, value: {version}}}]
+{traffic}"#
+        )
+    };
+    d.apply("app.yaml", &manifest("v1", ""));
+    d.wait_phase("revsplit", "running", 30);
+    // A split to a revision that does not exist is refused before anything changes.
+    let bad = d.write("bad.yaml", &manifest("v2", "      traits:\n        - type: traffic\n          properties:\n            split: [{revision: 9, weight: 20}]\n"));
+    let out = d.yun(&["apply", "-f", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("revision 9"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(d.status("revsplit")["revision"], 1);
+
+    let traffic = "      traits:\n        - type: traffic\n          properties:\n            split: [{revision: 1, weight: 20}]\n            routes: [{match: {headers: {x-old: \"1\"}}, revision: 1}]\n";
+    d.apply("app.yaml", &manifest("v2", traffic));
+    let st = d.wait_phase("revsplit", "running", 30);
+    assert_eq!(st["revision"], 2);
+    assert_eq!(st["components"][1]["name"], "api@r1", "{st}");
+    let mut http = Http::new(&format!("127.0.0.1:{port}"));
+    let version = |r: (u16, String)| {
+        serde_json::from_str::<Value>(&r.1).unwrap()["version"].as_str().unwrap().to_string()
+    };
+    let old = (0..1000).filter(|_| version(http.get("/").unwrap()) == "v1").count();
+    // Binomial(1000, 0.2): mean 200, sd 12.6; ±5 sd.
+    assert!((137..=263).contains(&old), "{old} of 1000 went to revision 1 at 20%");
+    for _ in 0..20 {
+        assert_eq!(version(http.request("GET", "/", &[("x-old", "1")], "").unwrap()), "v1");
+    }
+    // Dropping the split stops the revision's instance.
+    d.apply("app.yaml", &manifest("v2", ""));
+    eventually(30, "revision track removed", || {
+        let st = d.status("revsplit");
+        (st["components"].as_array()?.len() == 1 && st["phase"] == "running").then_some(())
+    });
+}
