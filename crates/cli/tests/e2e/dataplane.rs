@@ -495,3 +495,55 @@ spec:
         (st["components"].as_array()?.len() == 1 && st["phase"] == "running").then_some(())
     });
 }
+
+#[test]
+fn a_dead_or_hung_instance_costs_under_one_percent_of_requests() {
+    let d = Daemon::start();
+    let port = free_port();
+    let manifest = format!(
+        "{}        - type: resilience\n          properties:\n            perTryTimeout: 300ms\n            retries: {{attempts: 2, on: [connect-failure, timeout, gateway-error], budgetRatio: 1.0}}\n",
+        app_with("dead", port, 3, "")
+    );
+    d.apply("dead.yaml", &manifest);
+    eventually(30, "3 ready", || (d.status("dead")["components"][0]["ready"] == 3).then_some(()));
+    let pids: Vec<i32> = d.status("dead")["components"][0]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["pid"].as_i64().unwrap() as i32)
+        .collect();
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let done = std::sync::Arc::new(AtomicUsize::new(0));
+    let client = {
+        let (stop, done) = (stop.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut http = Http::new(&format!("127.0.0.1:{port}"));
+            let mut failed = 0usize;
+            while !stop.load(SeqCst) {
+                if http.get("/").map(|r| r.0 != 200).unwrap_or(true) {
+                    failed += 1;
+                }
+                done.fetch_add(1, SeqCst);
+            }
+            (done.load(SeqCst), failed)
+        })
+    };
+    let run_for = |n: usize| {
+        let target = done.load(SeqCst) + n;
+        eventually(60, &format!("{n} more requests"), || (done.load(SeqCst) >= target).then_some(()));
+    };
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    run_for(100);
+    // One instance hangs (stopped: the kernel still accepts its connections), one dies.
+    kill(Pid::from_raw(pids[0]), Signal::SIGSTOP).unwrap();
+    run_for(300);
+    kill(Pid::from_raw(pids[1]), Signal::SIGKILL).unwrap();
+    run_for(300);
+    stop.store(true, SeqCst);
+    let (total, failed) = client.join().unwrap();
+    let _ = kill(Pid::from_raw(pids[0]), Signal::SIGCONT);
+    assert!(total > 200, "{total} requests");
+    assert!(failed * 100 < total, "{failed} of {total} failed");
+}
