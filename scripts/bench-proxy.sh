@@ -7,11 +7,13 @@
 # from /proc. Proxies run on core 0; the load generator and upstream on core 1.
 #
 # Needs: haproxy, nginx (apt), oha (cargo install oha). Installs what is missing.
-# Usage: scripts/bench-proxy.sh [seconds per run, default 10]
+# Usage: scripts/bench-proxy.sh [seconds per run, default 10] [runs per cell, default 3]
+# Each figure is the median over the runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECS=${1:-10}
+REPS=${2:-3}
 for pkg in haproxy nginx; do
   command -v "$pkg" >/dev/null || apt-get install -y --no-install-recommends "$pkg" >/dev/null
 done
@@ -130,6 +132,7 @@ for p in "${paths[@]}"; do set -- $p; taskset -c 1 oha -z 2s -c 16 --no-tui "htt
 
 results=$work/results.txt
 : > "$results"
+for rep in $(seq "$REPS"); do
 for rate in 1000 5000 max; do
   for p in "${paths[@]}"; do
     set -- $p
@@ -153,13 +156,21 @@ print('$rate $name %.1f %.1f %.0f %d %d $rss $hwm $cpu' % (lat['p50']*1e6, lat['
 " >> "$results"
   done
 done
+done
 
-python3 - "$results" "$SECS" <<'EOF'
-import sys
+python3 - "$results" "$SECS" "$REPS" <<'EOF'
+import sys, statistics
 rows=[l.split() for l in open(sys.argv[1])]
-secs=sys.argv[2]
-by={(r[0],r[1]):r for r in rows}
-print(f"Side-by-side proxy benchmark ({secs} s per run, 16 connections at fixed rates, 64 at max)")
+secs, reps = sys.argv[2], sys.argv[3]
+groups={}
+for r in rows:
+    groups.setdefault((r[0],r[1]),[]).append(r)
+def med(rs, i):
+    vals=[float(r[i]) for r in rs if r[i] != "-"]
+    return f"{statistics.median(vals):.1f}" if vals else "-"
+# One row per (rate, path): the median of each column over the runs.
+by={k:[k[0],k[1]]+[med(v,i) for i in range(2,10)] for k,v in groups.items()}
+print(f"Side-by-side proxy benchmark ({secs} s per run, median of {reps} runs, 16 connections at fixed rates, 64 at max)")
 for rate in ["1000","5000","max"]:
     d=by[(rate,"direct")]
     print()
