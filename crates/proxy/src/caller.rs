@@ -9,18 +9,30 @@ use std::sync::RwLock;
 
 /// The caller of connections that no known instance made.
 pub const EXTERNAL: &str = "external";
-/// Connections the daemon itself makes (splitting traffic to another component): the caller
-/// they carry in `x-yun-caller` is believed.
-pub const TRUSTED: &str = "@daemon";
+/// Header with which the daemon vouches for the `x-yun-caller` of a request it passes on
+/// (splits, routes): its value is a secret of this daemon, and it never reaches an instance.
+pub const HOP_HEADER: &str = "x-yun-hop";
 
 /// Instance process groups and the component each belongs to (`app/component`), kept by the
 /// runtime as instances start and stop.
-#[derive(Default)]
 pub struct Callers {
     groups: RwLock<HashMap<u32, String>>,
+    hop: String,
+}
+
+impl Default for Callers {
+    fn default() -> Callers {
+        let bytes: [u8; 16] = rand::random();
+        Callers { groups: RwLock::default(), hop: bytes.iter().map(|b| format!("{b:02x}")).collect() }
+    }
 }
 
 impl Callers {
+    /// This daemon's secret for [`HOP_HEADER`].
+    pub fn hop_token(&self) -> &str {
+        &self.hop
+    }
+
     /// Records that process group `pgid` is an instance of `app/component`.
     pub fn insert(&self, pgid: u32, caller: String) {
         if let Ok(mut g) = self.groups.write() {
@@ -48,18 +60,26 @@ impl Callers {
         }
         let inode = socket_inode(peer, local)?;
         let target = format!("socket:[{inode}]");
-        let me = std::process::id();
-        let trusted = TRUSTED.to_string();
+        let owns = |pid: u32| {
+            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.flatten()
+                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str()))
+            })
+        };
+        // Most calls come from an instance's main process, the leader of its group: look there
+        // first, then at the other members of instance groups.
+        if let Some((_, caller)) = groups.iter().find(|(leader, _)| owns(**leader)) {
+            return Some(caller.clone());
+        }
         for entry in std::fs::read_dir("/proc").ok()?.flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-            let caller =
-                if pid == me { Some(&trusted) } else { process_group(pid).and_then(|g| groups.get(&g)) };
-            let Some(caller) = caller else { continue };
-            let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
-            for fd in fds.flatten() {
-                if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str()) {
-                    return Some(caller.clone());
-                }
+            if groups.contains_key(&pid) {
+                continue;
+            }
+            if let Some(caller) = process_group(pid).and_then(|g| groups.get(&g))
+                && owns(pid)
+            {
+                return Some(caller.clone());
             }
         }
         None
@@ -73,8 +93,56 @@ fn process_group(pid: u32) -> Option<u32> {
     stat[stat.rfind(')')? + 2..].split_whitespace().nth(2)?.parse().ok()
 }
 
-/// The inode of the socket whose local end is `peer` and remote end `local`.
+/// The inode of the socket whose local end is `peer` and remote end `local`: one exact lookup
+/// by the kernel (netlink sock_diag, as `ss` does), falling back to reading `/proc/net/tcp`,
+/// which walks every TCP socket and takes milliseconds.
 fn socket_inode(peer: SocketAddr, local: SocketAddr) -> Option<u64> {
+    sock_diag_inode(peer, local).or_else(|| proc_net_tcp_inode(peer, local))
+}
+
+/// `SOCK_DIAG_BY_FAMILY` request for one IPv4 TCP socket by its 4-tuple.
+fn sock_diag_inode(peer: SocketAddr, local: SocketAddr) -> Option<u64> {
+    use nix::sys::socket::{AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType};
+    use std::os::fd::AsRawFd;
+    let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (peer, local) else { return None };
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const NLM_F_REQUEST: u16 = 1;
+    let mut req = Vec::with_capacity(72);
+    req.extend_from_slice(&72u32.to_ne_bytes()); // nlmsghdr.len
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    req.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    req.extend_from_slice(&[2, 6, 0, 0]); // AF_INET, IPPROTO_TCP, no extensions, pad
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    req.extend_from_slice(&src.port().to_be_bytes());
+    req.extend_from_slice(&dst.port().to_be_bytes());
+    req.extend_from_slice(&src.ip().octets());
+    req.extend_from_slice(&[0; 12]);
+    req.extend_from_slice(&dst.ip().octets());
+    req.extend_from_slice(&[0; 12]);
+    req.extend_from_slice(&0u32.to_ne_bytes()); // interface
+    req.extend_from_slice(&[0xff; 8]); // no cookie
+    let fd = nix::sys::socket::socket(
+        AddressFamily::Netlink,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkSockDiag,
+    )
+    .ok()?;
+    nix::sys::socket::sendto(fd.as_raw_fd(), &req, &NetlinkAddr::new(0, 0), MsgFlags::empty()).ok()?;
+    let mut buf = [0u8; 1024];
+    let n = nix::sys::socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).ok()?;
+    // nlmsghdr (16) then inet_diag_msg, whose inode is at offset 68.
+    let msg_type = u16::from_ne_bytes([buf[4], buf[5]]);
+    if n < 88 || msg_type != SOCK_DIAG_BY_FAMILY {
+        return None;
+    }
+    Some(u32::from_ne_bytes([buf[84], buf[85], buf[86], buf[87]]).into())
+}
+
+/// The same from `/proc/net/tcp`.
+fn proc_net_tcp_inode(peer: SocketAddr, local: SocketAddr) -> Option<u64> {
     let (file, want_local, want_remote) = match (peer, local) {
         (SocketAddr::V4(p), SocketAddr::V4(l)) => ("/proc/net/tcp", hex_v4(p), hex_v4(l)),
         _ => return None,
@@ -97,6 +165,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sock_diag_and_proc_agree() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_s, peer) = listener.accept().unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        let local = listener.local_addr().unwrap();
+        let fast = sock_diag_inode(peer, local).expect("sock_diag answers");
+        assert_eq!(Some(fast), proc_net_tcp_inode(peer, local));
+    }
+
+    #[test]
     fn finds_the_process_group_owning_a_client_socket() {
         use std::os::unix::process::CommandExt;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -114,12 +193,6 @@ mod tests {
         assert_eq!(callers.resolve(peer, local), "app/tests");
         callers.remove(child.id());
         assert_eq!(callers.resolve(peer, local), EXTERNAL);
-        // The daemon's own connections are trusted to carry their caller.
-        callers.insert(child.id(), "app/tests".into());
-        let own = std::net::TcpStream::connect(local).unwrap();
-        let (_s, own_peer) = listener.accept().unwrap();
-        assert_eq!(own_peer, own.local_addr().unwrap());
-        assert_eq!(callers.resolve(own_peer, local), TRUSTED);
         let _ = child.kill();
         let _ = child.wait();
     }

@@ -22,7 +22,7 @@ use yun_model::{LoadBalancer, RetryOn};
 use crate::endpoints::{Balancer, Endpoints, Lease};
 use crate::metrics::{ComponentLabels, InstanceLabels, Metrics, RejectLabels, RouteLabels, RouteSeries};
 use crate::policy::{Admit, Breaker, Guard, Policies, Ticket, route_matches};
-use crate::{EXTERNAL, NO_ENDPOINT_WAIT, PortConfig, TRUSTED};
+use crate::{EXTERNAL, HOP_HEADER, NO_ENDPOINT_WAIT, PortConfig};
 
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -223,19 +223,24 @@ impl Proxy {
         s
     }
 
+    /// Handles one request; `hop` is the daemon's token that vouches for a passed-on caller
+    /// (empty for the gateway, which never receives passed-on requests).
     pub(crate) async fn handle(
         &self,
         mut req: Request<Incoming>,
         peer: SocketAddr,
         source: &str,
+        hop: &str,
     ) -> Response<Body> {
         // The caller as the platform sees it; whatever a client claimed is replaced, except on
-        // connections the daemon itself made to pass a request on.
+        // requests this daemon passed on and vouched for.
+        let vouched =
+            !hop.is_empty() && req.headers().get(HOP_HEADER).is_some_and(|v| v.as_bytes() == hop.as_bytes());
+        req.headers_mut().remove(HOP_HEADER);
         let claimed = req.headers().get("x-yun-caller").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let source = match (source, claimed) {
-            (TRUSTED, Some(c)) => c,
-            (TRUSTED, None) => EXTERNAL.to_string(),
-            (s, _) => s.to_string(),
+        let source = match (vouched, claimed) {
+            (true, Some(c)) => c,
+            _ => source.to_string(),
         };
         let source = source.as_str();
         req.headers_mut().remove("x-yun-caller");
@@ -263,6 +268,9 @@ impl Proxy {
             ),
             (None, Some((component, addr))) => {
                 trace.instance = Some(format!("split:{component}"));
+                if let Ok(v) = HeaderValue::from_str(hop) {
+                    req.headers_mut().insert(HOP_HEADER, v);
+                }
                 self.pass_on(req, addr).await
             }
             (None, None) => self.guarded(req, peer, &active, &guard, &mut trace).await,

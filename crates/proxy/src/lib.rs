@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub use caller::{Callers, EXTERNAL, TRUSTED};
+pub use caller::{Callers, EXTERNAL, HOP_HEADER};
 pub use endpoints::{BASE_EJECTION, Balancer, EJECT_AFTER_FAILURES, Endpoints, Lease, MAX_EJECTION};
 pub use gateway::{Gateway, GatewayRoute, ServiceHandle};
 pub use metrics::Metrics;
@@ -146,6 +146,7 @@ async fn serve_http(
     proxy: Arc<forward::Proxy>,
     callers: Arc<Callers>,
 ) {
+    let hop: Arc<str> = callers.hop_token().into();
     // Who is calling, once per connection (reads /proc, so off the workers).
     let local = stream.local_addr().unwrap_or(peer);
     let source: Arc<str> = tokio::task::spawn_blocking(move || callers.resolve(peer, local))
@@ -155,7 +156,8 @@ async fn serve_http(
     let svc = hyper::service::service_fn(move |req| {
         let proxy = proxy.clone();
         let source = source.clone();
-        async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer, &source).await) }
+        let hop = hop.clone();
+        async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer, &source, &hop).await) }
     });
     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
