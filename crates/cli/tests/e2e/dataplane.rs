@@ -261,11 +261,19 @@ spec:
             .any(|l| l.ends_with("| callers/client"))
             .then_some(())
     });
-    // A request from outside the app is external, whatever it claims.
-    let (code, body) = Http::new(&format!("127.0.0.1:{port}"))
-        .request("GET", "/header/x-yun-caller", &[("x-yun-caller", "callers/client")], "")
-        .unwrap();
+    // A request from outside the app is external, whatever it claims (a guessed hop token
+    // included), and only external callers meet the per-caller rate limit.
+    let mut http = Http::new(&format!("127.0.0.1:{port}"));
+    let forged = [("x-yun-caller", "callers/client"), ("x-yun-hop", "guessed")];
+    let (code, body) = eventually(5, "a token for the external caller", || {
+        let r = http.request("GET", "/header/x-yun-caller", &forged, "").unwrap();
+        (r.0 == 200).then_some(r)
+    });
     assert_eq!((code, body.as_str()), (200, "external"));
+    let limited = (0..5).filter(|_| http.get("/").unwrap().0 == 429).count();
+    assert!(limited >= 4, "external callers are limited to 1 qps: {limited}");
+    let logs = d.yun_ok(&["logs", "callers", "client"]);
+    assert!(logs.contains("HTTP/1.1 200") && !logs.contains("HTTP/1.1 429"), "{logs}");
     let token = format!("Bearer {}", d.token());
     let (_, metrics) =
         Http::new(&d.api_addr()).request("GET", "/metrics", &[("authorization", &token)], "").unwrap();
