@@ -331,6 +331,16 @@ fn contradictory_and_out_of_range_policies_are_refused_with_paths() {
             "routes[0].match.methods[0]",
             "unknown method",
         ),
+        (
+            "            routes:\n              - match: {sources: [Shop]}\n",
+            "routes[0].match.sources[0]",
+            "app/component or external",
+        ),
+        (
+            "            routes:\n              - match: {}\n",
+            "routes[0].match",
+            "pathPrefix, methods and/or sources",
+        ),
     ];
     for (props, field, needle) in cases {
         let d = errors(&with_resilience(props));
@@ -427,6 +437,13 @@ fn traffic_targets_and_weights_are_validated() {
             "routes[0].match.headers",
             "invalid header name",
         ),
+        (
+            "            split: [{component: catalogue, revision: 1, weight: 5}]\n",
+            "split[0]",
+            "either component or revision",
+        ),
+        ("            split: [{weight: 5}]\n", "split[0]", "either component or revision"),
+        ("            split: [{revision: 0, weight: 5}]\n", "split[0].revision", "count from 1"),
     ] {
         let d = errors(&with_traffic(props));
         assert!(has(&d, &format!("{at}.{field}"), needle), "{field}: {d:#?}");
