@@ -1,7 +1,9 @@
 //! Which component is calling, without the caller sending anything: the client end of a
-//! loopback connection is looked up in the kernel's socket table (`/proc/net/tcp`) and its
-//! owner's process group is matched against the instances the runtime started. Done once per
+//! loopback connection is looked up in the kernel's socket table and matched against the
+//! processes of the instances the runtime started. Done once per
 //! connection; callers that are not instances (a shell, another program) are `external`.
+//! Only instance leaders and their descendants are looked at, so the cost does not grow with
+//! the number of other processes on the machine.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -66,31 +68,34 @@ impl Callers {
                     .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str()))
             })
         };
-        // Most calls come from an instance's main process, the leader of its group: look there
-        // first, then at the other members of instance groups.
-        if let Some((_, caller)) = groups.iter().find(|(leader, _)| owns(**leader)) {
-            return Some(caller.clone());
-        }
-        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-            if groups.contains_key(&pid) {
-                continue;
-            }
-            if let Some(caller) = process_group(pid).and_then(|g| groups.get(&g))
-                && owns(pid)
-            {
-                return Some(caller.clone());
+        // Most calls come from an instance's main process, the leader of its group; the others
+        // from its descendants. Only those processes are looked at, not every process.
+        for (leader, caller) in &groups {
+            let mut queue = std::collections::VecDeque::from([*leader]);
+            let mut seen = 0;
+            while let Some(pid) = queue.pop_front() {
+                if owns(pid) {
+                    return Some(caller.clone());
+                }
+                seen += 1;
+                if seen > 256 {
+                    break;
+                }
+                queue.extend(children(pid));
             }
         }
         None
     }
 }
 
-/// The process group of `pid`, from `/proc/<pid>/stat`.
-fn process_group(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name: state, ppid, pgrp, …
-    stat[stat.rfind(')')? + 2..].split_whitespace().nth(2)?.parse().ok()
+/// Child processes of `pid`, from `/proc/<pid>/task/*/children`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| c.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>())
+        .collect()
 }
 
 /// The inode of the socket whose local end is `peer` and remote end `local`: one exact lookup
