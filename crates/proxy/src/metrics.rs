@@ -107,11 +107,6 @@ impl Metrics {
         r.register("ejections", "Instances ejected after consecutive failures", m.ejections.clone());
         m
     }
-
-    /// Families not registered anywhere, for ports bound without a registry (tests).
-    pub fn unregistered() -> Metrics {
-        Metrics::register(&mut Registry::default())
-    }
 }
 
 /// One route's series, looked up once so that a request touches no label strings.
