@@ -20,8 +20,8 @@ pub use resilience::{
 };
 pub use schema::application_schema;
 pub use spec::{
-    ConcurrencyPolicy, ExecAction, GatewayTls, GatewayTrait, HttpGetAction, HttpHeader, Port, Probe,
-    Protocol, RestartPolicy, TcpSocketAction,
+    ConcurrencyPolicy, ExecAction, GatewayTls, GatewayTrait, HttpGetAction, HttpHeader, MAX_REPLICAS, Port,
+    Probe, Protocol, RestartPolicy, TcpSocketAction,
 };
 pub use validate::{
     API_VERSION, Diagnostic, ManifestError, Parsed, Severity, Target, did_you_mean, parse_manifest,

@@ -430,8 +430,9 @@ async fn scale(
     Path(name): Path<String>,
     Json(body): Json<ScaleBody>,
 ) -> ApiResult {
-    if body.replicas > 1000 {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "replicas must be at most 1000"));
+    if body.replicas > yun_model::MAX_REPLICAS {
+        let msg = format!("replicas must be at most {}", yun_model::MAX_REPLICAS);
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, msg));
     }
     let record = ctx.store.app(&name)?.ok_or(yun_store::Error::AppNotFound(name.clone()))?;
     let rev = ctx
