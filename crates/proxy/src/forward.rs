@@ -22,6 +22,7 @@ use yun_model::{LoadBalancer, RetryOn};
 use crate::endpoints::{Balancer, Endpoints, Lease};
 use crate::metrics::{ComponentLabels, InstanceLabels, Metrics, RejectLabels, RouteLabels, RouteSeries};
 use crate::policy::{Admit, Breaker, Guard, Policies, Ticket, route_matches};
+use crate::upstream::{Http1Pool, SendError};
 use crate::{EXTERNAL, HOP_HEADER, NO_ENDPOINT_WAIT, PortConfig};
 
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
@@ -53,7 +54,7 @@ pub(crate) struct Proxy {
     series: RwLock<std::collections::HashMap<String, Arc<RouteSeries>>>,
     endpoints: Arc<Endpoints>,
     active: Arc<RwLock<Arc<Active>>>,
-    http1: Client<HttpConnector, Body>,
+    http1: Arc<Http1Pool>,
     http2: Client<HttpConnector, Body>,
 }
 
@@ -177,10 +178,8 @@ impl Proxy {
     ) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector.clone());
+        connector.set_connect_timeout(Some(crate::upstream::CONNECT_TIMEOUT));
+        let http1 = Http1Pool::new();
         let http2 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .http2_only(true)
@@ -475,42 +474,20 @@ impl Proxy {
             tried.push(addr);
             trace.instance = Some(lease.instance().to_string());
             trace.retries = retried;
-            let mut out = Request::from_parts(parts.clone(), empty());
-            let mut uri = hyper::http::uri::Parts::default();
-            uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
-            uri.authority = Some(lease.authority().clone());
-            uri.path_and_query = Some(
-                parts
-                    .uri
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/")),
-            );
-            *out.uri_mut() = match hyper::Uri::from_parts(uri) {
-                Ok(u) => u,
-                Err(_) => return Ok(error(StatusCode::BAD_REQUEST, "invalid request target")),
-            };
-            *out.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
-            *out.body_mut() = match (&buffered, streaming.take()) {
+            let body = match (&buffered, streaming.take()) {
                 (Some(b), _) => Full::new(b.clone()).map_err(|n| match n {}).boxed(),
                 (None, Some(s)) => s.boxed(),
                 (None, None) => {
                     return Err(Failure::Upstream("upstream failed while the body was being sent".into()));
                 }
             };
-            let client = if h2 { &self.http2 } else { &self.http1 };
-            let sent = client.request(out);
-            let outcome = match guard.policy.per_try_timeout {
-                Some(t) => tokio::time::timeout(t.0, sent).await.map_err(|_| Failure::Timeout),
-                None => Ok(sent.await),
+            let Some(out) = outgoing(&parts, lease.authority(), body) else {
+                return Ok(error(StatusCode::BAD_REQUEST, "invalid request target"));
             };
-            let outcome = match outcome {
-                Ok(Ok(resp)) => Ok(resp),
-                Ok(Err(e)) if e.is_connect() => {
-                    Err(Failure::Connect(format!("upstream {addr}: {}", describe(&e))))
-                }
-                Ok(Err(e)) => Err(Failure::Upstream(format!("upstream {addr}: {}", describe(&e)))),
-                Err(t) => Err(t),
+            let sent = self.send(addr, out);
+            let outcome = match guard.policy.per_try_timeout {
+                Some(t) => tokio::time::timeout(t.0, sent).await.unwrap_or(Err(Failure::Timeout)),
+                None => sent.await,
             };
             let retry_on = |cond: RetryOn| retries.is_some_and(|r| r.on.contains(&cond));
             let budget_retry = || {
@@ -584,6 +561,24 @@ impl Proxy {
         }
     }
 
+    /// Sends one request to an instance: HTTP/2 over the shared h2c client, HTTP/1.1 over the
+    /// pool.
+    async fn send(&self, addr: SocketAddr, out: Request<Body>) -> Result<Response<Body>, Failure> {
+        if out.version() == Version::HTTP_2 {
+            return match self.http2.request(out).await {
+                Ok(resp) => Ok(resp.map(|b| b.boxed())),
+                Err(e) if e.is_connect() => {
+                    Err(Failure::Connect(format!("upstream {addr}: {}", describe(&e))))
+                }
+                Err(e) => Err(Failure::Upstream(format!("upstream {addr}: {}", describe(&e)))),
+            };
+        }
+        self.http1.send(addr, out).await.map_err(|e| match e {
+            SendError::Connect(e) => Failure::Connect(format!("upstream {addr}: {e}")),
+            SendError::Http(e) => Failure::Upstream(format!("upstream {addr}: {}", describe(&e))),
+        })
+    }
+
     /// Passes a request on to another component's service address (split or route), where
     /// that component's policies apply; the body streams through.
     async fn pass_on(&self, req: Request<Incoming>, addr: SocketAddr) -> Response<Body> {
@@ -591,43 +586,47 @@ impl Proxy {
         for h in HOP_BY_HOP {
             parts.headers.remove(*h);
         }
-        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let Ok(uri) = format!("http://{addr}{pq}").parse() else {
+        let authority = hyper::http::uri::Authority::try_from(addr.to_string().as_str())
+            .unwrap_or_else(|_| hyper::http::uri::Authority::from_static("127.0.0.1"));
+        let Some(out) = outgoing(&parts, &authority, body.boxed()) else {
             return error(StatusCode::BAD_REQUEST, "invalid request target");
         };
-        parts.uri = uri;
-        let h2 = parts.version == Version::HTTP_2;
-        parts.version = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
-        let client = if h2 { &self.http2 } else { &self.http1 };
-        match client.request(Request::from_parts(parts, body.boxed())).await {
+        match self.send(addr, out).await {
             Ok(resp) => {
                 let (mut p, b) = resp.into_parts();
                 for h in HOP_BY_HOP {
                     p.headers.remove(*h);
                 }
-                Response::from_parts(p, b.boxed())
+                Response::from_parts(p, b)
             }
-            Err(e) => error(StatusCode::BAD_GATEWAY, &format!("split to {addr}: {}", describe(&e))),
+            Err(Failure::Connect(e)) | Err(Failure::Upstream(e)) => {
+                error(StatusCode::BAD_GATEWAY, &format!("split to {addr}: {e}"))
+            }
+            Err(Failure::Timeout) => {
+                error(StatusCode::GATEWAY_TIMEOUT, &format!("split to {addr}: timed out"))
+            }
         }
     }
 
     /// Sends a copy of the request to the mirror, in the background; the answer is discarded
     /// and can neither delay nor fail the original request.
     fn mirror(&self, addr: SocketAddr, parts: &hyper::http::request::Parts, body: Bytes) {
-        let mut copy = Request::from_parts(parts.clone(), Full::new(body).map_err(|n| match n {}).boxed());
-        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let Ok(uri) = format!("http://{addr}{pq}").parse() else { return };
-        *copy.uri_mut() = uri;
-        *copy.version_mut() = Version::HTTP_11;
+        let mut head = parts.clone();
+        head.version = Version::HTTP_11;
+        let authority = hyper::http::uri::Authority::from_static("127.0.0.1");
+        let Some(mut copy) = outgoing(&head, &authority, Full::new(body).map_err(|n| match n {}).boxed())
+        else {
+            return;
+        };
         // As Envoy does, the shadow sees the host with "-shadow" appended.
         let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
         if let Ok(v) = HeaderValue::from_str(&format!("{host}-shadow")) {
             copy.headers_mut().insert(header::HOST, v);
         }
-        let client = self.http1.clone();
+        let pool = self.http1.clone();
         tokio::spawn(async move {
             let send = async {
-                if let Ok(resp) = client.request(copy).await {
+                if let Ok(resp) = pool.send(addr, copy).await {
                     let _ = resp.into_body().collect().await;
                 }
             };
@@ -723,12 +722,42 @@ fn has_cookie(headers: &hyper::HeaderMap, want: &str) -> bool {
         .any(|c| c.trim() == want)
 }
 
+/// The request to send to an instance at `authority`: HTTP/2 in absolute form, HTTP/1.1 in
+/// origin form with `Host` kept (or set, for HTTP/1.0 clients that sent none). None when the
+/// target cannot be expressed.
+fn outgoing(
+    parts: &hyper::http::request::Parts,
+    authority: &hyper::http::uri::Authority,
+    body: Body,
+) -> Option<Request<Body>> {
+    let mut out = Request::from_parts(parts.clone(), body);
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
+    let mut uri = hyper::http::uri::Parts::default();
+    if parts.version == Version::HTTP_2 {
+        uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
+        uri.authority = Some(authority.clone());
+    } else {
+        *out.version_mut() = Version::HTTP_11;
+        if !out.headers().contains_key(header::HOST) {
+            out.headers_mut().insert(header::HOST, HeaderValue::from_str(authority.as_str()).ok()?);
+        }
+    }
+    uri.path_and_query = Some(pq);
+    *out.uri_mut() = hyper::Uri::from_parts(uri).ok()?;
+    Some(out)
+}
+
 fn bodyless(method: &hyper::Method) -> bool {
     use hyper::Method;
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE)
 }
 
-fn describe(e: &hyper_util::client::legacy::Error) -> String {
+/// An error with its chain of causes, on one line.
+fn describe(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(inner) = src {
@@ -776,10 +805,6 @@ fn idempotent(method: &hyper::Method) -> bool {
 
 fn body_len(headers: &hyper::HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
-}
-
-fn empty() -> Body {
-    Full::new(Bytes::new()).map_err(|n| match n {}).boxed()
 }
 
 /// A response made by the proxy itself: JSON naming the proxy as its source.

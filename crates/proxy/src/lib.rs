@@ -12,6 +12,7 @@ mod forward;
 mod gateway;
 mod metrics;
 mod policy;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
