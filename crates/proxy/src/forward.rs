@@ -138,6 +138,25 @@ impl Drop for Verdict<'_> {
     }
 }
 
+/// The client end of a connection, worked out once per connection rather than per request.
+pub(crate) struct Downstream {
+    /// The client's IP as appended to `x-forwarded-for`.
+    pub forwarded_for: HeaderValue,
+    /// The calling component (`app/component`), or `external`.
+    pub source: Arc<str>,
+    /// The daemon's token that vouches for a passed-on caller; empty on the gateway, which
+    /// never receives passed-on requests.
+    pub hop: Arc<str>,
+}
+
+impl Downstream {
+    pub(crate) fn new(peer: SocketAddr, source: Arc<str>, hop: Arc<str>) -> Downstream {
+        let forwarded_for = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Downstream { forwarded_for, source, hop }
+    }
+}
+
 /// What the attempts did, for metrics: the instance that answered last and the retries made.
 #[derive(Default)]
 struct Trace {
@@ -222,15 +241,9 @@ impl Proxy {
         s
     }
 
-    /// Handles one request; `hop` is the daemon's token that vouches for a passed-on caller
-    /// (empty for the gateway, which never receives passed-on requests).
-    pub(crate) async fn handle(
-        &self,
-        mut req: Request<Incoming>,
-        peer: SocketAddr,
-        source: &str,
-        hop: &str,
-    ) -> Response<Body> {
+    /// Handles one request from `client`.
+    pub(crate) async fn handle(&self, mut req: Request<Incoming>, client: &Downstream) -> Response<Body> {
+        let hop = &*client.hop;
         // The caller as the platform sees it; whatever a client claimed is replaced, except on
         // requests this daemon passed on and vouched for.
         let vouched =
@@ -239,7 +252,7 @@ impl Proxy {
         let claimed = req.headers().get("x-yun-caller").and_then(|v| v.to_str().ok()).map(str::to_string);
         let source = match (vouched, claimed) {
             (true, Some(c)) => c,
-            _ => source.to_string(),
+            _ => client.source.to_string(),
         };
         let source = source.as_str();
         req.headers_mut().remove("x-yun-caller");
@@ -272,7 +285,7 @@ impl Proxy {
                 }
                 self.pass_on(req, addr).await
             }
-            (None, None) => self.guarded(req, peer, &active, &guard, &mut trace).await,
+            (None, None) => self.guarded(req, client, &active, &guard, &mut trace).await,
         };
         let series = self.series(&guard.name);
         series.duration.observe(start.elapsed().as_secs_f64());
@@ -299,7 +312,7 @@ impl Proxy {
     async fn guarded(
         &self,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
+        client: &Downstream,
         active: &Active,
         guard: &Guard,
         trace: &mut Trace,
@@ -354,7 +367,7 @@ impl Proxy {
         let upgrade = is_upgrade(&req);
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let start = std::time::Instant::now();
-        let attempts = self.attempts(req, peer, active, guard, downstream_upgrade, trace);
+        let attempts = self.attempts(req, client, active, guard, downstream_upgrade, trace);
         let result = match guard.policy.timeout {
             Some(t) => tokio::time::timeout(t.0, attempts).await.unwrap_or(Err(Failure::Timeout)),
             None => attempts.await,
@@ -392,7 +405,7 @@ impl Proxy {
     async fn attempts(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        client: &Downstream,
         active: &Active,
         guard: &Guard,
         downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -412,9 +425,7 @@ impl Proxy {
                 parts.headers.insert(header::UPGRADE, up);
             }
         }
-        if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
-            parts.headers.append("x-forwarded-for", v);
-        }
+        parts.headers.append("x-forwarded-for", client.forwarded_for.clone());
         let h2 = parts.version == Version::HTTP_2;
         // Small bodies are buffered so a request can be sent again.
         let len = body_len(&parts.headers);

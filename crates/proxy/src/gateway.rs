@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::forward::{Body, Proxy, error};
+use crate::forward::{Body, Downstream, Proxy, error};
 use crate::{EXTERNAL, accept};
 
 /// A component's service proxy, to route requests into.
@@ -199,7 +199,7 @@ impl Gateway {
         best(true).or_else(|| best(false))
     }
 
-    pub(crate) async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub(crate) async fn handle(&self, req: Request<Incoming>, client: &Downstream) -> Response<Body> {
         let host = req
             .headers()
             .get(hyper::header::HOST)
@@ -207,7 +207,7 @@ impl Gateway {
             .or_else(|| req.uri().host())
             .map(|h| h.rsplit_once(':').map(|(name, _)| name).unwrap_or(h).to_string());
         match self.route(host.as_deref(), req.uri().path()) {
-            Some(target) => target.0.handle(req, peer, EXTERNAL, "").await,
+            Some(target) => target.0.handle(req, client).await,
             None => error(
                 StatusCode::NOT_FOUND,
                 &format!(
@@ -225,9 +225,11 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
+        let client = Arc::new(Downstream::new(peer, EXTERNAL.into(), "".into()));
         let svc = hyper::service::service_fn(move |req| {
             let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
+            let client = client.clone();
+            async move { Ok::<_, Infallible>(gateway.handle(req, &client).await) }
         });
         let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
             .serve_connection_with_upgrades(TokioIo::new(io), svc)

@@ -154,11 +154,11 @@ async fn serve_http(
         .await
         .unwrap_or_else(|_| EXTERNAL.to_string())
         .into();
+    let client = Arc::new(forward::Downstream::new(peer, source, hop));
     let svc = hyper::service::service_fn(move |req| {
         let proxy = proxy.clone();
-        let source = source.clone();
-        let hop = hop.clone();
-        async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer, &source, &hop).await) }
+        let client = client.clone();
+        async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, &client).await) }
     });
     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
