@@ -1,0 +1,392 @@
+//! Recent traces in memory, within a byte budget. Spans of head-sampled traces are kept; spans
+//! of the others wait in a small pending area and are kept after all if any span of their trace
+//! fails or is slow (so errors and slow requests are never lost to sampling). When a budget is
+//! spent, the oldest traces go first.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::{Span, TraceId};
+
+/// Which traces are kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// Share of new traces kept (0 to 1), decided from the trace id so every hop agrees; a
+    /// caller's sampled flag is honoured.
+    pub ratio: f64,
+    /// Traces with a span at least this slow are kept whatever the ratio says.
+    pub slow: Duration,
+}
+
+impl Default for Sampling {
+    fn default() -> Sampling {
+        Sampling { ratio: 1.0, slow: Duration::from_secs(1) }
+    }
+}
+
+/// Memory bounds of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of kept traces.
+    pub kept_bytes: usize,
+    /// Bytes of spans waiting for a keep decision.
+    pub pending_bytes: usize,
+    /// Spans kept per trace; later ones are counted as dropped.
+    pub spans_per_trace: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { kept_bytes: 32 << 20, pending_bytes: 8 << 20, spans_per_trace: 1000 }
+    }
+}
+
+/// Filters of a trace search.
+#[derive(Debug, Clone, Default)]
+pub struct TraceQuery {
+    /// Traces with a span of this application.
+    pub app: Option<String>,
+    /// Traces with a span of this service (component).
+    pub service: Option<String>,
+    /// Only traces with an error span.
+    pub errors_only: bool,
+    /// Only traces at least this long.
+    pub min_duration: Option<Duration>,
+    /// Only traces that started at or after this time.
+    pub since_unix_nanos: Option<u64>,
+    /// Most results, newest first.
+    pub limit: usize,
+}
+
+/// One trace in a search result.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceSummary {
+    pub trace_id: String,
+    /// The root span's service and name (the earliest span when the root is missing).
+    pub root_service: String,
+    pub root_name: String,
+    pub start_unix_nanos: u64,
+    pub duration_nanos: u64,
+    pub spans: usize,
+    pub errors: usize,
+    /// `app/service` of every span, sorted.
+    pub services: Vec<String>,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct StoreStats {
+    pub traces: usize,
+    pub spans: usize,
+    pub bytes: usize,
+    pub pending_spans: usize,
+    /// Spans dropped: over the per-trace limit, or evicted to stay within the budget.
+    pub dropped_spans: u64,
+}
+
+#[derive(Default)]
+struct Trace {
+    spans: Vec<Span>,
+    bytes: usize,
+}
+
+/// Traces in arrival order within a byte budget.
+#[derive(Default)]
+struct Area {
+    traces: HashMap<TraceId, Trace>,
+    order: VecDeque<TraceId>,
+    bytes: usize,
+    spans: usize,
+}
+
+impl Area {
+    /// Adds a span; returns how many spans were dropped to stay within the limits.
+    fn push(&mut self, span: Span, limits_bytes: usize, per_trace: usize) -> u64 {
+        let id = span.trace_id;
+        let size = span.approx_bytes();
+        let trace = match self.traces.get_mut(&id) {
+            Some(t) => t,
+            None => {
+                self.order.push_back(id);
+                self.traces.entry(id).or_default()
+            }
+        };
+        if trace.spans.len() >= per_trace {
+            return 1;
+        }
+        trace.spans.push(span);
+        trace.bytes += size;
+        self.bytes += size;
+        self.spans += 1;
+        let mut dropped = 0;
+        while self.bytes > limits_bytes {
+            let Some(oldest) = self.order.pop_front() else { break };
+            if let Some(t) = self.traces.remove(&oldest) {
+                self.bytes -= t.bytes;
+                self.spans -= t.spans.len();
+                dropped += t.spans.len() as u64;
+            }
+        }
+        dropped
+    }
+
+    fn take(&mut self, id: &TraceId) -> Option<Trace> {
+        let t = self.traces.remove(id)?;
+        self.order.retain(|o| o != id);
+        self.bytes -= t.bytes;
+        self.spans -= t.spans.len();
+        Some(t)
+    }
+}
+
+type KeepHook = Box<dyn Fn(&Span) + Send + Sync>;
+
+/// The trace store; see the module documentation.
+pub struct TraceStore {
+    sampling: Sampling,
+    limits: Limits,
+    inner: Mutex<Inner>,
+    on_keep: Option<KeepHook>,
+}
+
+#[derive(Default)]
+struct Inner {
+    kept: Area,
+    pending: Area,
+    dropped: u64,
+}
+
+impl TraceStore {
+    pub fn new(sampling: Sampling, limits: Limits) -> TraceStore {
+        TraceStore { sampling, limits, inner: Mutex::default(), on_keep: None }
+    }
+
+    /// Calls `hook` with every span as it is kept (to export it); it must not block.
+    pub fn on_keep(mut self, hook: impl Fn(&Span) + Send + Sync + 'static) -> TraceStore {
+        self.on_keep = Some(Box::new(hook));
+        self
+    }
+
+    pub fn sampling(&self) -> Sampling {
+        self.sampling
+    }
+
+    /// The head-sampling decision for a trace that starts here.
+    pub fn sample_new(&self, id: &TraceId) -> bool {
+        id.sampled_at(self.sampling.ratio)
+    }
+
+    /// Records a span; `sampled` is the trace's head-sampling decision.
+    pub fn record(&self, mut span: Span, sampled: bool) {
+        span.sanitize();
+        let slow = Duration::from_nanos(span.duration_nanos()) >= self.sampling.slow;
+        let Ok(mut inner) = self.inner.lock() else { return };
+        let inner = &mut *inner;
+        let id = span.trace_id;
+        if inner.kept.traces.contains_key(&id) || sampled || span.error || slow {
+            if let Some(waiting) = inner.pending.take(&id) {
+                for s in waiting.spans {
+                    self.keep(inner, s);
+                }
+            }
+            self.keep(inner, span);
+        } else {
+            inner.dropped += inner.pending.push(span, self.limits.pending_bytes, self.limits.spans_per_trace);
+        }
+    }
+
+    fn keep(&self, inner: &mut Inner, span: Span) {
+        if let Some(hook) = &self.on_keep {
+            hook(&span);
+        }
+        inner.dropped += inner.kept.push(span, self.limits.kept_bytes, self.limits.spans_per_trace);
+    }
+
+    /// The spans of one trace, earliest first (also a trace still waiting for a decision).
+    pub fn trace(&self, id: &TraceId) -> Option<Vec<Span>> {
+        let inner = self.inner.lock().ok()?;
+        let t = inner.kept.traces.get(id).or_else(|| inner.pending.traces.get(id))?;
+        let mut spans = t.spans.clone();
+        spans.sort_by_key(|s| (s.start_unix_nanos, s.parent_id.is_some()));
+        Some(spans)
+    }
+
+    /// Kept traces matching `q`, newest first.
+    pub fn query(&self, q: &TraceQuery) -> Vec<TraceSummary> {
+        let Ok(inner) = self.inner.lock() else { return Vec::new() };
+        let mut out: Vec<TraceSummary> = inner
+            .kept
+            .traces
+            .iter()
+            .filter(|(_, t)| {
+                q.app.as_ref().is_none_or(|a| t.spans.iter().any(|s| &s.app == a))
+                    && q.service.as_ref().is_none_or(|svc| t.spans.iter().any(|s| &s.service == svc))
+                    && (!q.errors_only || t.spans.iter().any(|s| s.error))
+            })
+            .map(|(id, t)| summarize(id, &t.spans))
+            .filter(|s| {
+                q.min_duration.is_none_or(|d| s.duration_nanos >= d.as_nanos() as u64)
+                    && q.since_unix_nanos.is_none_or(|since| s.start_unix_nanos >= since)
+            })
+            .collect();
+        out.sort_by_key(|s| std::cmp::Reverse(s.start_unix_nanos));
+        out.truncate(q.limit.max(1));
+        out
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let Ok(inner) = self.inner.lock() else { return StoreStats::default() };
+        StoreStats {
+            traces: inner.kept.traces.len(),
+            spans: inner.kept.spans,
+            bytes: inner.kept.bytes + inner.pending.bytes,
+            pending_spans: inner.pending.spans,
+            dropped_spans: inner.dropped,
+        }
+    }
+}
+
+fn summarize(id: &TraceId, spans: &[Span]) -> TraceSummary {
+    let ids: HashSet<_> = spans.iter().map(|s| s.span_id).collect();
+    let root = spans
+        .iter()
+        .filter(|s| s.parent_id.is_none_or(|p| !ids.contains(&p)))
+        .min_by_key(|s| (s.parent_id.is_some(), s.start_unix_nanos));
+    let start = spans.iter().map(|s| s.start_unix_nanos).min().unwrap_or(0);
+    let end = spans.iter().map(|s| s.end_unix_nanos).max().unwrap_or(start);
+    let mut services: Vec<String> = spans
+        .iter()
+        .map(|s| if s.app.is_empty() { s.service.clone() } else { format!("{}/{}", s.app, s.service) })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    services.truncate(64);
+    TraceSummary {
+        trace_id: id.to_string(),
+        root_service: root.map(|r| r.service.clone()).unwrap_or_default(),
+        root_name: root.map(|r| r.name.clone()).unwrap_or_default(),
+        start_unix_nanos: start,
+        duration_nanos: end.saturating_sub(start),
+        spans: spans.len(),
+        errors: spans.iter().filter(|s| s.error).count(),
+        services,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{SpanId, SpanKind};
+
+    fn span(trace: TraceId, parent: Option<SpanId>, service: &str, ms: u64, error: bool) -> Span {
+        Span {
+            trace_id: trace,
+            span_id: SpanId::random(),
+            parent_id: parent,
+            app: "shop".into(),
+            service: service.into(),
+            name: "GET /".into(),
+            kind: SpanKind::Server,
+            start_unix_nanos: 1_000_000_000,
+            end_unix_nanos: 1_000_000_000 + ms * 1_000_000,
+            error,
+            status_message: String::new(),
+            attributes: Default::default(),
+        }
+    }
+
+    fn store(ratio: f64) -> TraceStore {
+        TraceStore::new(Sampling { ratio, slow: Duration::from_millis(500) }, Limits::default())
+    }
+
+    #[test]
+    fn unsampled_traces_are_kept_when_any_span_fails_or_is_slow() {
+        let s = store(0.0);
+        let (ok, failing, slow) = (TraceId::random(), TraceId::random(), TraceId::random());
+        for t in [ok, failing, slow] {
+            s.record(span(t, None, "frontend", 5, false), false);
+        }
+        s.record(span(failing, None, "catalogue", 5, true), false);
+        s.record(span(slow, None, "catalogue", 900, false), false);
+        let found: HashSet<String> = s
+            .query(&TraceQuery { limit: 10, ..Default::default() })
+            .into_iter()
+            .map(|t| t.trace_id)
+            .collect();
+        assert_eq!(found, HashSet::from([failing.to_string(), slow.to_string()]));
+        // The earlier span of a promoted trace came along.
+        assert_eq!(s.trace(&failing).unwrap().len(), 2);
+        // A trace still pending can be looked at, but is not listed.
+        assert_eq!(s.trace(&ok).unwrap().len(), 1);
+        // Once kept, later spans of the trace are kept too.
+        s.record(span(failing, None, "db", 1, false), false);
+        assert_eq!(s.trace(&failing).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn queries_filter_and_summarise() {
+        let s = store(1.0);
+        let t = TraceId::random();
+        let root = span(t, None, "frontend", 30, false);
+        let child = span(t, Some(root.span_id), "catalogue", 10, true);
+        s.record(child, true);
+        s.record(root, true);
+        s.record(span(TraceId::random(), None, "frontend", 1, false), true);
+        let q = |f: TraceQuery| s.query(&TraceQuery { limit: 10, ..f });
+        assert_eq!(q(TraceQuery::default()).len(), 2);
+        let errors = q(TraceQuery { errors_only: true, ..Default::default() });
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].root_service, "frontend");
+        assert_eq!(errors[0].spans, 2);
+        assert_eq!(errors[0].services, ["shop/catalogue", "shop/frontend"]);
+        assert_eq!(q(TraceQuery { service: Some("catalogue".into()), ..Default::default() }).len(), 1);
+        assert_eq!(
+            q(TraceQuery { min_duration: Some(Duration::from_millis(20)), ..Default::default() }).len(),
+            1
+        );
+        assert_eq!(q(TraceQuery { app: Some("other".into()), ..Default::default() }).len(), 0);
+        assert_eq!(s.query(&TraceQuery { limit: 1, ..Default::default() }).len(), 1);
+    }
+
+    #[test]
+    fn memory_stays_within_the_budget_and_the_oldest_go_first() {
+        let limits = Limits { kept_bytes: 64 << 10, pending_bytes: 16 << 10, spans_per_trace: 5 };
+        let s = TraceStore::new(Sampling::default(), limits);
+        let mut ids = Vec::new();
+        for _ in 0..2000 {
+            let t = TraceId::random();
+            ids.push(t);
+            let mut sp = span(t, None, "frontend", 1, false);
+            sp.attributes.insert("big".into(), crate::Value::from("x".repeat(5000)));
+            s.record(sp, true);
+        }
+        let st = s.stats();
+        assert!(st.bytes <= 64 << 10, "{st:?}");
+        assert!(st.dropped_spans > 1000);
+        assert!(s.trace(&ids[0]).is_none());
+        assert!(s.trace(ids.last().unwrap()).is_some());
+        // The per-trace limit.
+        let t = TraceId::random();
+        for _ in 0..10 {
+            s.record(span(t, None, "frontend", 1, false), true);
+        }
+        assert_eq!(s.trace(&t).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn kept_spans_reach_the_hook() {
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        let s = store(0.0).on_keep(move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        let t = TraceId::random();
+        s.record(span(t, None, "a", 1, false), false);
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 0);
+        s.record(span(t, None, "b", 1, true), false);
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+}
