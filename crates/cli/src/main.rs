@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
 use client::Client;
-use output::{Format, s, structured, table, time};
+use output::{Format, print_trace, print_traces, s, structured, table, time};
 
 /// Yun (云): a cloud-native application platform in one binary. Declare an app as a KubeVela
 /// Application; Yun runs it, keeps it at its declared state and versions every change.
@@ -151,6 +151,43 @@ enum Command {
         /// Gateway HTTPS listen address (for `gateway` traits with `tls`), or `off`.
         #[arg(long, env = "YUN_GATEWAY_TLS_LISTEN", default_value = yun_server::DEFAULT_GATEWAY_TLS)]
         gateway_tls: String,
+        /// OTLP/HTTP receiver address for services' OpenTelemetry spans, or `off`.
+        #[arg(long, env = "YUN_OTLP_LISTEN", default_value = yun_server::DEFAULT_OTLP)]
+        otlp: String,
+        /// Share of new traces kept, 0 to 1 (failed and slow traces are always kept).
+        #[arg(long, env = "YUN_TRACE_SAMPLE", default_value_t = 1.0)]
+        trace_sample: f64,
+        /// Traces with a span at least this slow are always kept.
+        #[arg(long, env = "YUN_TRACE_SLOW", default_value = "1s")]
+        trace_slow: String,
+        /// Send every kept span to this OTLP/HTTP endpoint (http://host:4318/v1/traces).
+        #[arg(long, env = "YUN_OTLP_EXPORT")]
+        otlp_export: Option<String>,
+    },
+    /// Search recent traces of an application.
+    Traces {
+        /// Application.
+        app: String,
+        /// Only traces through this component.
+        #[arg(long)]
+        component: Option<String>,
+        /// Only traces at least this long: 100ms, 2s.
+        #[arg(long)]
+        min_duration: Option<String>,
+        /// `error` for traces with a failed span.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only traces newer than this: 10s, 5m, 2h, 1d or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many traces.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Show one trace as a tree of spans.
+    Trace {
+        /// Trace id (32 hex digits).
+        id: String,
     },
     /// Print the version.
     Version,
@@ -209,16 +246,27 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let home = client::home(cli.home.clone())?;
     let fmt = cli.output;
     match cli.command {
-        Command::Server { listen, gateway, gateway_tls } => {
-            let parse = |value: &str| -> Result<Option<std::net::SocketAddr>> {
+        Command::Server { listen, gateway, gateway_tls, otlp, trace_sample, trace_slow, otlp_export } => {
+            let parse = |value: &str, what: &str| -> Result<Option<std::net::SocketAddr>> {
                 match value {
                     "off" => Ok(None),
                     other => Ok(Some(other.parse().with_context(|| {
-                        format!("invalid gateway address \"{other}\" (use host:port or off)")
+                        format!("invalid {what} address \"{other}\" (use host:port or off)")
                     })?)),
                 }
             };
-            let (gateway, gateway_tls) = (parse(&gateway)?, parse(&gateway_tls)?);
+            let (gateway, gateway_tls) = (parse(&gateway, "gateway")?, parse(&gateway_tls, "gateway")?);
+            if !(0.0..=1.0).contains(&trace_sample) {
+                bail!("invalid trace sample {trace_sample}: use a share between 0 and 1");
+            }
+            let slow = yun_model::Dur::parse(&trace_slow)
+                .map_err(|e| anyhow!("invalid trace slow threshold \"{trace_slow}\": {e}"))?;
+            let tracing = yun_server::TracingConfig {
+                sampling: yun_telemetry::Sampling { ratio: trace_sample, slow: slow.0 },
+                limits: Default::default(),
+                otlp: parse(&otlp, "OTLP")?,
+                export: otlp_export,
+            };
             init_logging();
             let shutdown = async {
                 let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -227,7 +275,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
                 }
             };
-            yun_server::run(yun_server::Config { home, listen, gateway, gateway_tls }, shutdown).await?;
+            yun_server::run(yun_server::Config { home, listen, gateway, gateway_tls, tracing }, shutdown)
+                .await?;
         }
         Command::Version => {
             let daemon = match Client::connect(&home).await {
@@ -359,6 +408,31 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .await?;
             if !structured(fmt, &out)? {
                 println!("{app}: {}", if no_wait { "deleting" } else { "deleted" });
+            }
+        }
+        Command::Traces { app, component, min_duration, status, since, limit } => {
+            let c = Client::connect(&home).await?;
+            let mut q = format!("/api/v1/traces?app={}&limit={limit}", enc(&app));
+            for (k, v) in [
+                ("service", &component),
+                ("minDuration", &min_duration),
+                ("status", &status),
+                ("since", &since),
+            ] {
+                if let Some(v) = v {
+                    q.push_str(&format!("&{k}={}", enc(v)));
+                }
+            }
+            let out = c.get(&q).await?;
+            if !structured(fmt, &out)? {
+                print_traces(&out);
+            }
+        }
+        Command::Trace { id } => {
+            let c = Client::connect(&home).await?;
+            let out = c.get(&format!("/api/v1/traces/{}", enc(&id))).await?;
+            if !structured(fmt, &out)? {
+                print_trace(&out);
             }
         }
         Command::Events { app, limit } => {

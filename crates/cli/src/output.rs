@@ -72,3 +72,97 @@ pub fn time(v: &Value, key: &str) -> String {
     let t = s(v, key);
     t.get(..19).map(|x| x.replace('T', " ")).unwrap_or(t)
 }
+
+/// A duration in nanoseconds, in the unit that reads best.
+pub fn nanos(n: u64) -> String {
+    match n {
+        0..1_000_000 => format!("{:.0}µs", n as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1}ms", n as f64 / 1e6),
+        _ => format!("{:.2}s", n as f64 / 1e9),
+    }
+}
+
+/// A trace search result as a table, newest first.
+pub fn print_traces(out: &Value) {
+    let rows: Vec<Vec<String>> = out["traces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let start = t["start_unix_nanos"].as_u64().unwrap_or(0);
+            let when = jiff::Timestamp::from_nanosecond(start.into())
+                .map(|ts| ts.strftime("%H:%M:%S%.3f").to_string())
+                .unwrap_or_default();
+            vec![
+                s(t, "trace_id"),
+                when,
+                nanos(t["duration_nanos"].as_u64().unwrap_or(0)),
+                t["spans"].to_string(),
+                if t["errors"].as_u64().unwrap_or(0) > 0 {
+                    format!("{} errors", t["errors"])
+                } else {
+                    "ok".into()
+                },
+                format!("{} {}", s(t, "root_service"), s(t, "root_name")),
+            ]
+        })
+        .collect();
+    table(&["TRACE", "START", "DURATION", "SPANS", "STATUS", "ROOT"], &rows);
+}
+
+/// One trace as a tree: each span indented under its parent, with its offset from the start
+/// of the trace, duration, service, name and outcome.
+pub fn print_trace(out: &Value) {
+    let spans: Vec<&Value> = out["spans"].as_array().into_iter().flatten().collect();
+    let start = spans.iter().filter_map(|s| s["start_unix_nanos"].as_u64()).min().unwrap_or(0);
+    let ids: std::collections::HashSet<String> = spans.iter().map(|sp| s(sp, "span_id")).collect();
+    println!("trace {}  {} spans", s(out, "traceId"), spans.len());
+    fn walk(
+        spans: &[&Value],
+        parent: Option<&str>,
+        depth: usize,
+        start: u64,
+        ids: &std::collections::HashSet<String>,
+    ) {
+        // Spans sent by services could form a cycle; a real trace is never this deep.
+        if depth > 64 {
+            return;
+        }
+        for sp in spans.iter().filter(|sp| {
+            let p = sp["parent_id"].as_str();
+            match parent {
+                Some(parent) => p == Some(parent),
+                // Roots: no parent, or a parent this trace does not hold (a span not sent).
+                None => p.is_none_or(|p| !ids.contains(p)),
+            }
+        }) {
+            let offset = sp["start_unix_nanos"].as_u64().unwrap_or(0).saturating_sub(start);
+            let duration = sp["end_unix_nanos"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(sp["start_unix_nanos"].as_u64().unwrap_or(0));
+            let status = sp["attributes"]["http.response.status_code"].as_i64().map(|c| c.to_string());
+            let outcome = match (sp["error"].as_bool().unwrap_or(false), status) {
+                (true, _) => format!("ERROR {}", s(sp, "status_message")),
+                (false, Some(code)) => code,
+                (false, None) => "ok".into(),
+            };
+            let service = match s(sp, "app").as_str() {
+                "" => s(sp, "service"),
+                app => format!("{app}/{}", s(sp, "service")),
+            };
+            println!(
+                "{:indent$}+{:<9} {:>9}  {}  {}  {}",
+                "",
+                nanos(offset),
+                nanos(duration),
+                service,
+                s(sp, "name"),
+                outcome,
+                indent = depth * 2
+            );
+            walk(spans, Some(&s(sp, "span_id")), depth + 1, start, ids);
+        }
+    }
+    walk(&spans, None, 0, start, &ids);
+}

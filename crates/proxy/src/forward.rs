@@ -18,6 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use yun_model::{LoadBalancer, RetryOn};
+use yun_telemetry::{Span, SpanId, SpanKind, TraceContext, TraceId, TraceStore, Value};
 
 use crate::endpoints::{Balancer, Endpoints, Lease};
 use crate::metrics::{ComponentLabels, InstanceLabels, Metrics, RejectLabels, RouteLabels, RouteSeries};
@@ -157,12 +158,61 @@ impl Downstream {
     }
 }
 
-/// What the attempts did, for metrics: the instance that answered last and the retries made.
+/// What the attempts did, for metrics and the span: the instance that answered last, the
+/// retries made and why the request failed, if it did.
 #[derive(Default)]
-struct Trace {
+struct Outcome {
     instance: Option<String>,
     retries: u32,
+    failure: Option<String>,
 }
+
+/// This hop's part in a trace: the context it arrived with (or a new trace), and its own span,
+/// which becomes the parent that is passed on.
+#[derive(Clone, Copy)]
+struct Hop {
+    trace_id: TraceId,
+    span_id: SpanId,
+    parent: Option<SpanId>,
+    sampled: bool,
+    start_unix_nanos: u64,
+}
+
+impl Hop {
+    /// Reads `traceparent`/`tracestate` (an invalid one starts a new trace) and replaces them
+    /// with this hop's context.
+    fn begin(traces: &TraceStore, headers: &mut hyper::HeaderMap) -> Hop {
+        let incoming = headers
+            .get(TRACEPARENT)
+            .and_then(|tp| TraceContext::parse(tp.as_bytes(), headers.get(TRACESTATE).map(|v| v.as_bytes())));
+        let span_id = SpanId::random();
+        let (trace_id, parent, sampled, tracestate) = match incoming {
+            Some(c) => (c.trace_id, Some(c.parent_id), c.sampled, c.tracestate),
+            None => {
+                let id = TraceId::random();
+                (id, None, traces.sample_new(&id), String::new())
+            }
+        };
+        let out = TraceContext { trace_id, parent_id: span_id, sampled, tracestate };
+        if let Ok(v) = HeaderValue::from_str(&out.traceparent()) {
+            headers.insert(TRACEPARENT, v);
+        }
+        match HeaderValue::from_str(&out.tracestate) {
+            Ok(v) if !out.tracestate.is_empty() => {
+                headers.insert(TRACESTATE, v);
+            }
+            _ => {
+                headers.remove(TRACESTATE);
+            }
+        }
+        Hop { trace_id, span_id, parent, sampled, start_unix_nanos: yun_telemetry::now_unix_nanos() }
+    }
+}
+
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+/// Tells the client which trace its request joined (W3C Trace Context Level 2).
+const TRACERESPONSE: &str = "traceresponse";
 
 /// Runs `f` when dropped (also when the request future is dropped because the client left).
 fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
@@ -259,6 +309,11 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(source) {
             req.headers_mut().insert("x-yun-caller", v);
         }
+        let hop_trace = self.metrics.traces.as_ref().map(|t| Hop::begin(t, req.headers_mut()));
+        let (method, path) = match hop_trace {
+            Some(_) => (req.method().clone(), req.uri().path().to_string()),
+            None => (hyper::Method::GET, String::new()),
+        };
         self.in_flight.inc();
         let in_flight = self.in_flight.clone();
         let _in_flight = scopeguard(move || {
@@ -267,7 +322,7 @@ impl Proxy {
         let start = std::time::Instant::now();
         let active = self.active();
         let guard = active.policies.for_request(req.method().as_str(), req.uri().path(), source).clone();
-        let mut trace = Trace::default();
+        let mut outcome = Outcome::default();
         let (delay, abort) = active.fault(req.method().as_str(), req.uri().path(), source);
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
@@ -279,18 +334,18 @@ impl Proxy {
                 Some("fault"),
             ),
             (None, Some((component, addr))) => {
-                trace.instance = Some(format!("split:{component}"));
+                outcome.instance = Some(format!("split:{component}"));
                 if let Ok(v) = HeaderValue::from_str(hop) {
                     req.headers_mut().insert(HOP_HEADER, v);
                 }
                 self.pass_on(req, addr).await
             }
-            (None, None) => self.guarded(req, client, &active, &guard, &mut trace).await,
+            (None, None) => self.guarded(req, client, &active, &guard, &mut outcome).await,
         };
         let series = self.series(&guard.name);
         series.duration.observe(start.elapsed().as_secs_f64());
-        if trace.retries > 0 {
-            series.retries.inc_by(trace.retries.into());
+        if outcome.retries > 0 {
+            series.retries.inc_by(outcome.retries.into());
         }
         if let Some(policy) = resp.headers().get("x-yun-policy").and_then(|v| v.to_str().ok()) {
             let reject = RejectLabels {
@@ -304,8 +359,73 @@ impl Proxy {
         if let Some(b) = &guard.breaker {
             series.breaker().set(b.state_code());
         }
-        series.requests(source, trace.instance.as_deref().unwrap_or("none"), resp.status().as_u16()).inc();
+        series.requests(source, outcome.instance.as_deref().unwrap_or("none"), resp.status().as_u16()).inc();
+        let mut resp = resp;
+        if let (Some(hop), Some(traces)) = (hop_trace, &self.metrics.traces) {
+            let span = self.span(hop, &method, &path, &guard.name, source, &outcome, &resp);
+            let context = TraceContext {
+                trace_id: span.trace_id,
+                parent_id: span.span_id,
+                sampled: hop.sampled,
+                tracestate: String::new(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&context.traceparent()) {
+                resp.headers_mut().insert(TRACERESPONSE, v);
+            }
+            traces.record(span, hop.sampled);
+        }
         resp
+    }
+
+    /// The span of one request through this hop.
+    #[allow(clippy::too_many_arguments)]
+    fn span(
+        &self,
+        hop: Hop,
+        method: &hyper::Method,
+        path: &str,
+        route: &str,
+        source: &str,
+        outcome: &Outcome,
+        resp: &Response<Body>,
+    ) -> Span {
+        let status = resp.status().as_u16();
+        let policy = resp.headers().get("x-yun-policy").and_then(|v| v.to_str().ok());
+        let mut attributes = std::collections::BTreeMap::new();
+        attributes.insert("http.request.method".to_string(), Value::from(method.as_str()));
+        attributes.insert("url.path".to_string(), Value::from(path));
+        attributes.insert("http.response.status_code".to_string(), Value::Int(status.into()));
+        attributes.insert("yun.route".to_string(), Value::from(route));
+        attributes.insert("yun.source".to_string(), Value::from(source));
+        if let Some(instance) = &outcome.instance {
+            attributes.insert("yun.instance".to_string(), Value::from(instance.as_str()));
+        }
+        if outcome.retries > 0 {
+            attributes.insert("yun.retries".to_string(), Value::Int(outcome.retries.into()));
+        }
+        if let Some(p) = policy {
+            attributes.insert("yun.policy".to_string(), Value::from(p));
+        }
+        let status_message = match (&outcome.failure, policy) {
+            (Some(f), _) => f.clone(),
+            (None, Some(p)) => format!("refused by policy {p}"),
+            (None, None) if status >= 500 => format!("HTTP {status}"),
+            _ => String::new(),
+        };
+        Span {
+            trace_id: hop.trace_id,
+            span_id: hop.span_id,
+            parent_id: hop.parent,
+            app: self.app.clone(),
+            service: self.component.clone(),
+            name: format!("{method} {path}"),
+            kind: SpanKind::Server,
+            start_unix_nanos: hop.start_unix_nanos,
+            end_unix_nanos: yun_telemetry::now_unix_nanos(),
+            error: status >= 500,
+            status_message,
+            attributes,
+        }
     }
 
     /// Admission by the policies, then the attempts.
@@ -315,7 +435,7 @@ impl Proxy {
         client: &Downstream,
         active: &Active,
         guard: &Guard,
-        trace: &mut Trace,
+        outcome: &mut Outcome,
     ) -> Response<Body> {
         // Admission, cheapest refusal first: rate, then concurrency, then the breaker.
         if let Some(rate) = &guard.rate {
@@ -367,7 +487,7 @@ impl Proxy {
         let upgrade = is_upgrade(&req);
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let start = std::time::Instant::now();
-        let attempts = self.attempts(req, client, active, guard, downstream_upgrade, trace);
+        let attempts = self.attempts(req, client, active, guard, downstream_upgrade, outcome);
         let result = match guard.policy.timeout {
             Some(t) => tokio::time::timeout(t.0, attempts).await.unwrap_or(Err(Failure::Timeout)),
             None => attempts.await,
@@ -395,9 +515,15 @@ impl Proxy {
                     .map(|d| d.to_string())
                     .unwrap_or_default();
                 let message = format!("no answer from \"{}\" within {t}", self.component);
-                refusal(StatusCode::GATEWAY_TIMEOUT, &message, Some("timeout"))
+                let resp = refusal(StatusCode::GATEWAY_TIMEOUT, &message, Some("timeout"));
+                outcome.failure = Some(message);
+                resp
             }
-            Err(Failure::Connect(e)) | Err(Failure::Upstream(e)) => error(StatusCode::BAD_GATEWAY, &e),
+            Err(Failure::Connect(e)) | Err(Failure::Upstream(e)) => {
+                let resp = error(StatusCode::BAD_GATEWAY, &e);
+                outcome.failure = Some(e);
+                resp
+            }
         }
     }
 
@@ -409,7 +535,7 @@ impl Proxy {
         active: &Active,
         guard: &Guard,
         downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
-        trace: &mut Trace,
+        outcome: &mut Outcome,
     ) -> Result<Response<Body>, Failure> {
         let upgrade = downstream_upgrade.is_some();
         let (mut parts, body) = req.into_parts();
@@ -483,8 +609,8 @@ impl Proxy {
             };
             let addr = lease.addr();
             tried.push(addr);
-            trace.instance = Some(lease.instance().to_string());
-            trace.retries = retried;
+            outcome.instance = Some(lease.instance().to_string());
+            outcome.retries = retried;
             let body = match (&buffered, streaming.take()) {
                 (Some(b), _) => Full::new(b.clone()).map_err(|n| match n {}).boxed(),
                 (None, Some(s)) => s.boxed(),

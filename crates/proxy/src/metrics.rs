@@ -66,6 +66,8 @@ pub struct Metrics {
     pub(crate) breaker: Family<RouteLabels, Gauge>,
     pub(crate) rejections: Family<RejectLabels, Counter>,
     pub(crate) ejections: Family<InstanceLabels, Counter>,
+    /// Where each hop's span goes; no spans are made without it.
+    pub(crate) traces: Option<std::sync::Arc<yun_telemetry::TraceStore>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -84,6 +86,7 @@ impl Metrics {
             breaker: Family::default(),
             rejections: Family::default(),
             ejections: Family::default(),
+            traces: None,
         };
         let r = registry.sub_registry_with_prefix("yun_proxy");
         r.register(
@@ -106,6 +109,13 @@ impl Metrics {
         r.register("rejections", "Requests refused by a policy", m.rejections.clone());
         r.register("ejections", "Instances ejected after consecutive failures", m.ejections.clone());
         m
+    }
+
+    /// Records a span for every request through the data plane into `traces`, and passes
+    /// W3C trace context on.
+    pub fn with_traces(mut self, traces: std::sync::Arc<yun_telemetry::TraceStore>) -> Metrics {
+        self.traces = Some(traces);
+        self
     }
 }
 

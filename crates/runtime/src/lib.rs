@@ -100,18 +100,21 @@ struct Inner {
     metrics: Arc<yun_proxy::Metrics>,
     callers: Arc<yun_proxy::Callers>,
     gateway: Option<Arc<yun_proxy::Gateway>>,
+    instance_env: Arc<Vec<(String, String)>>,
     apps: Mutex<HashMap<String, AppHandle>>,
 }
 
 impl LocalRuntime {
     /// Starts the runtime with state under `home` (`run/` and `logs/`). Process groups left by
     /// a previous daemon that died are stopped first, so instances are never duplicated.
-    /// Returns the runtime and the number of leftover groups stopped.
+    /// Returns the runtime and the number of leftover groups stopped. Every instance gets
+    /// `instance_env` (below the app's own variables).
     pub async fn start(
         home: &Path,
         events: mpsc::UnboundedSender<RuntimeEvent>,
         metrics: Arc<yun_proxy::Metrics>,
         gateway: Option<Arc<yun_proxy::Gateway>>,
+        instance_env: Vec<(String, String)>,
     ) -> std::io::Result<(LocalRuntime, usize)> {
         let pidfiles = process::PidFiles::new(home.join("run").join("instances"))?;
         let reaped = pidfiles.reap_leftovers(Duration::from_secs(10)).await;
@@ -122,6 +125,7 @@ impl LocalRuntime {
             metrics,
             callers: Arc::new(yun_proxy::Callers::default()),
             gateway,
+            instance_env: Arc::new(instance_env),
             apps: Mutex::new(HashMap::new()),
         };
         Ok((LocalRuntime { inner: Arc::new(inner) }, reaped))
@@ -159,6 +163,7 @@ impl LocalRuntime {
             metrics: self.inner.metrics.clone(),
             callers: self.inner.callers.clone(),
             gateway: self.inner.gateway.clone(),
+            instance_env: self.inner.instance_env.clone(),
             availability: tokio::sync::Notify::new(),
         });
         let task = tokio::spawn(app_actor(shared, rx, statuses.clone()));
@@ -262,7 +267,8 @@ async fn app_actor(
         let available: HashMap<String, bool> =
             running.iter().map(|(n, r)| (n.clone(), r.status.borrow().available)).collect();
         if cached_env.as_ref().is_none_or(|(rev, ports, _)| *rev != d.revision || *ports != d.service_ports) {
-            cached_env = Some((d.revision, d.service_ports.clone(), Arc::new(platform_env(&d))));
+            cached_env =
+                Some((d.revision, d.service_ports.clone(), Arc::new(platform_env(&d, &shared.instance_env))));
         }
         let base_env = cached_env.as_ref().map(|c| c.2.clone()).unwrap_or_default();
         let mut next: Vec<(String, Running)> = Vec::new();
@@ -353,10 +359,13 @@ async fn app_actor(
     }
 }
 
-/// Variables every instance of the app gets: identity and the address of every webservice.
-fn platform_env(d: &Deployment) -> Vec<(String, String)> {
-    let mut env =
-        vec![("YUN_APP".to_string(), d.app.clone()), ("YUN_REVISION".to_string(), d.revision.to_string())];
+/// Variables every instance of the app gets: the daemon's (`instance_env`), identity, the
+/// OpenTelemetry resource, and the address of every webservice.
+fn platform_env(d: &Deployment, instance_env: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env = instance_env.to_vec();
+    env.push(("YUN_APP".to_string(), d.app.clone()));
+    env.push(("YUN_REVISION".to_string(), d.revision.to_string()));
+    env.push(("OTEL_RESOURCE_ATTRIBUTES".to_string(), format!("yun.app={}", d.app)));
     for c in &d.spec.components {
         if let Some(port) = d.service_ports_of(&c.name).first() {
             let prefix = service_env_prefix(&c.name);

@@ -141,6 +141,8 @@ pub(crate) struct Shared {
     pub callers: Arc<yun_proxy::Callers>,
     /// The daemon's north–south gateway, when it listens.
     pub gateway: Option<Arc<yun_proxy::Gateway>>,
+    /// Variables the daemon gives every instance (the OTLP endpoint, for one).
+    pub instance_env: Arc<Vec<(String, String)>>,
     /// Pinged when a component's availability changes, so dependants start at once.
     pub availability: tokio::sync::Notify,
 }
@@ -980,8 +982,10 @@ impl Supervisor {
             }
         }
         i.ports = ports.clone();
+        // OpenTelemetry SDKs name the service after the component unless the spec says otherwise.
+        let service_name = [("OTEL_SERVICE_NAME".to_string(), self.name.clone())];
         let mut env: Vec<(String, String)> =
-            desired.platform_env.iter().chain(&desired.env).cloned().collect();
+            desired.platform_env.iter().chain(&service_name).chain(&desired.env).cloned().collect();
         env.push(("YUN_INSTANCE".into(), i.id.clone()));
         if let Some((_, p)) = ports.first() {
             env.push(("PORT".into(), p.to_string()));

@@ -26,7 +26,7 @@ type Shared = State<Arc<Ctx>>;
 pub(crate) struct ApiError(StatusCode, Value);
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError(status, json!({"error": message.into()}))
     }
 }
@@ -51,7 +51,7 @@ impl From<yun_store::Error> for ApiError {
     }
 }
 
-type ApiResult<T = Json<Value>> = Result<T, ApiError>;
+pub(crate) type ApiResult<T = Json<Value>> = Result<T, ApiError>;
 
 pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
     let api = Router::new()
@@ -67,6 +67,8 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
         .route("/api/v1/apps/{name}/stop", post(stop))
         .route("/api/v1/apps/{name}/logs", get(logs))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/traces", get(crate::telemetry::search))
+        .route("/api/v1/traces/{id}", get(crate::telemetry::trace))
         .route("/openapi.json", get(|| async { Json(openapi::openapi_spec()) }))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(ctx.clone(), auth));

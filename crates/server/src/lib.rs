@@ -7,6 +7,7 @@ mod api;
 mod openapi;
 mod reconcile;
 mod status;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
 pub const DEFAULT_GATEWAY: &str = "127.0.0.1:7480";
 /// Default gateway HTTPS address.
 pub const DEFAULT_GATEWAY_TLS: &str = "127.0.0.1:7443";
+/// Default OTLP/HTTP receiver address (the OpenTelemetry standard port).
+pub const DEFAULT_OTLP: &str = "127.0.0.1:4318";
 /// Name of the token file in `YUN_HOME`.
 pub const TOKEN_FILE: &str = "token";
 /// Name of the file that tells clients where the daemon listens.
@@ -41,6 +44,21 @@ pub struct Config {
     pub gateway: Option<SocketAddr>,
     /// Gateway HTTPS listen address; `None` serves no HTTPS.
     pub gateway_tls: Option<SocketAddr>,
+    /// Tracing: sampling, the OTLP receiver and exporter.
+    pub tracing: TracingConfig,
+}
+
+/// How the daemon traces requests.
+#[derive(Debug, Clone, Default)]
+pub struct TracingConfig {
+    /// Head sampling and the slow-trace threshold.
+    pub sampling: yun_telemetry::Sampling,
+    /// Memory bounds of the trace store.
+    pub limits: yun_telemetry::Limits,
+    /// OTLP/HTTP receiver address; `None` runs none.
+    pub otlp: Option<SocketAddr>,
+    /// External OTLP/HTTP endpoint that receives every kept span.
+    pub export: Option<String>,
 }
 
 /// Why the server could not start or stopped.
@@ -67,6 +85,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// Invalid configuration.
+    #[error("{0}")]
+    Config(String),
     /// Runtime problem.
     #[error("cannot start the runtime: {0}")]
     Runtime(#[source] std::io::Error),
@@ -87,6 +108,9 @@ pub struct DaemonInfo {
     /// Gateway HTTPS address, when one listens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_tls: Option<SocketAddr>,
+    /// OTLP/HTTP receiver address, when one listens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<SocketAddr>,
 }
 
 pub(crate) struct Ctx {
@@ -96,6 +120,7 @@ pub(crate) struct Ctx {
     pub reconcile: mpsc::UnboundedSender<String>,
     pub registry: prometheus_client::registry::Registry,
     pub gateway: Option<SocketAddr>,
+    pub traces: Arc<yun_telemetry::TraceStore>,
 }
 
 /// Runs the daemon until `shutdown` resolves, then stops all instances gracefully.
@@ -116,7 +141,46 @@ pub async fn run(
     let token = ensure_token(home).map_err(home_err)?;
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let mut registry = prometheus_client::registry::Registry::default();
-    let proxy_metrics = Arc::new(yun_proxy::Metrics::register(&mut registry));
+    let exporter = match &config.tracing.export {
+        Some(url) => Some(telemetry::Exporter::start(url).map_err(ServerError::Config)?),
+        None => None,
+    };
+    let export_dropped = exporter.as_ref().map(|e| e.dropped.clone());
+    let mut traces = yun_telemetry::TraceStore::new(config.tracing.sampling, config.tracing.limits);
+    if let Some(exporter) = exporter {
+        traces = traces.on_keep(move |span| exporter.offer(span));
+    }
+    let traces = Arc::new(traces);
+    registry
+        .register_collector(Box::new(telemetry::TraceCollector { traces: traces.clone(), export_dropped }));
+    // Like the gateway, a receiver that cannot bind (another collector holds the port) is
+    // reported, not fatal.
+    let otlp = match config.tracing.otlp {
+        Some(addr) => match telemetry::serve_otlp(addr, traces.clone()).await {
+            Ok(bound) => Some(bound),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "OTLP receiver not started.");
+                let _ = store.record(NewEvent {
+                    app: None,
+                    component: None,
+                    warning: true,
+                    reason: "OtlpReceiverUnavailable".into(),
+                    actor: "reconciler".into(),
+                    message: format!("cannot listen on OTLP address {addr}: {e}"),
+                });
+                None
+            }
+        },
+        None => None,
+    };
+    let instance_env = match otlp {
+        Some(addr) => vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), format!("http://{addr}")),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL".to_string(), "http/protobuf".to_string()),
+        ],
+        None => Vec::new(),
+    };
+    let proxy_metrics = Arc::new(yun_proxy::Metrics::register(&mut registry).with_traces(traces.clone()));
     // A gateway that cannot bind is reported, not fatal: everything else still works.
     let gateway = match config.gateway {
         Some(addr) => match yun_proxy::Gateway::bind(addr, config.gateway_tls).await {
@@ -138,8 +202,9 @@ pub async fn run(
     };
     let gateway_addr = gateway.as_ref().map(|g| g.addr());
     let gateway_tls = gateway.as_ref().and_then(|g| g.tls_addr());
-    let (runtime, reaped) =
-        LocalRuntime::start(home, events_tx, proxy_metrics, gateway).await.map_err(ServerError::Runtime)?;
+    let (runtime, reaped) = LocalRuntime::start(home, events_tx, proxy_metrics, gateway, instance_env)
+        .await
+        .map_err(ServerError::Runtime)?;
     if reaped > 0 {
         let _ = store.record(NewEvent {
             app: None,
@@ -151,8 +216,15 @@ pub async fn run(
         });
     }
     let (reconcile_tx, reconcile_rx) = mpsc::unbounded_channel();
-    let ctx =
-        Arc::new(Ctx { store, runtime, token, reconcile: reconcile_tx, registry, gateway: gateway_addr });
+    let ctx = Arc::new(Ctx {
+        store,
+        runtime,
+        token,
+        reconcile: reconcile_tx,
+        registry,
+        gateway: gateway_addr,
+        traces,
+    });
 
     // Runtime events go to the event log.
     let ev_ctx = ctx.clone();
@@ -190,6 +262,7 @@ pub async fn run(
         version: env!("CARGO_PKG_VERSION").into(),
         gateway: gateway_addr,
         gateway_tls,
+        otlp,
     };
     write_private(&home.join(DAEMON_FILE), &serde_json::to_vec_pretty(&info).unwrap_or_default())
         .map_err(home_err)?;

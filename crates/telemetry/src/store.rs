@@ -144,6 +144,12 @@ impl Area {
 
 type KeepHook = Box<dyn Fn(&Span) + Send + Sync>;
 
+impl std::fmt::Debug for TraceStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceStore").field("sampling", &self.sampling).field("limits", &self.limits).finish()
+    }
+}
+
 /// The trace store; see the module documentation.
 pub struct TraceStore {
     sampling: Sampling,

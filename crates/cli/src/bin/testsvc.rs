@@ -10,6 +10,9 @@
 //! - `POST /echo` → the request body, streamed back
 //! - `GET /upgrade` with `Connection: upgrade` and `Upgrade: echo` → 101, then echoes bytes
 //! - `GET /trailers` → a body with an HTTP/2 trailer `x-checksum: done`
+//! - `GET /call/VAR/PATH` → calls `$VAR` (a service URL such as `$CATALOGUE_URL`) + `/PATH`,
+//!   passing `traceparent` and `tracestate` on as an instrumented service would, and answers
+//!   with the callee's status and body
 //! - `POST /exit` → the process exits with code 3
 //! - `POST /break` → from now on every request but `/healthz` and `/count` answers 500
 //! - `POST /fix` → undoes `/break`
@@ -104,6 +107,40 @@ async fn main() {
     }
 }
 
+/// `VAR/PATH`: a GET to `$VAR/PATH` with the trace context passed on.
+async fn call(target: &str, headers: &hyper::HeaderMap) -> Response<Body> {
+    let (var, path) = target.split_once('/').unwrap_or((target, ""));
+    let base = env(var);
+    let Some(addr) = base.strip_prefix("http://") else {
+        return text(500, format!("${var} is not an http:// URL"));
+    };
+    let stream = match tokio::net::TcpStream::connect(addr).await {
+        Ok(s) => s,
+        Err(e) => return text(502, format!("connecting to {addr}: {e}")),
+    };
+    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else {
+        return text(502, "handshake failed");
+    };
+    tokio::spawn(conn);
+    let mut req = Request::get(format!("/{path}")).header("host", addr);
+    for h in ["traceparent", "tracestate"] {
+        if let Some(v) = headers.get(h) {
+            req = req.header(h, v);
+        }
+    }
+    let Ok(req) = req.body(http_body_util::Empty::<Bytes>::new()) else {
+        return text(400, "invalid path");
+    };
+    match sender.send_request(req).await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            text(status, body)
+        }
+        Err(e) => text(502, format!("calling {addr}: {e}")),
+    }
+}
+
 fn text(status: u16, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()).map_err(|n| match n {}).boxed());
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -169,6 +206,7 @@ async fn serve(mut req: Request<Incoming>, state: &State) -> Response<Body> {
             text(200, "bye")
         }
         ("GET", p) if p.starts_with("/env/") => text(200, env(&p[5..])),
+        ("GET", p) if p.starts_with("/call/") => call(&p[6..], req.headers()).await,
         ("GET", p) if p.starts_with("/header/") => {
             let value = req.headers().get(&p[8..]).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
             text(200, value)

@@ -9,3 +9,4 @@ mod lifecycle;
 mod metrics;
 mod resilience;
 mod support;
+mod traces;

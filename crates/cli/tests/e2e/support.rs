@@ -39,12 +39,18 @@ pub fn free_port() -> u16 {
 pub struct Daemon {
     pub home: tempfile::TempDir,
     child: Option<Child>,
+    extra_args: Vec<String>,
 }
 
 impl Daemon {
     pub fn start() -> Daemon {
+        Daemon::start_with(&[])
+    }
+
+    /// A daemon with more `yun server` flags.
+    pub fn start_with(args: &[&str]) -> Daemon {
         let home = tempfile::tempdir().unwrap();
-        let mut d = Daemon { home, child: None };
+        let mut d = Daemon { home, child: None, extra_args: args.iter().map(|a| a.to_string()).collect() };
         d.spawn();
         d
     }
@@ -69,7 +75,10 @@ impl Daemon {
                 "127.0.0.1:0",
                 "--gateway-tls",
                 "127.0.0.1:0",
+                "--otlp",
+                "127.0.0.1:0",
             ])
+            .args(&self.extra_args)
             .env("YUN_HOME", self.home())
             .env("YUN_LOG", "debug")
             .stdout(log.try_clone().unwrap())
@@ -171,6 +180,12 @@ impl Daemon {
         let info: Value =
             serde_json::from_str(&std::fs::read_to_string(self.home().join("daemon.json")).unwrap()).unwrap();
         info["gateway"].as_str().expect("the daemon runs a gateway").to_string()
+    }
+
+    pub fn otlp_addr(&self) -> String {
+        let info: Value =
+            serde_json::from_str(&std::fs::read_to_string(self.home().join("daemon.json")).unwrap()).unwrap();
+        info["otlp"].as_str().expect("the daemon runs an OTLP receiver").to_string()
     }
 
     pub fn gateway_tls_addr(&self) -> String {

@@ -1,0 +1,209 @@
+//! Tracing without code changes: every hop through the data plane records a span and passes
+//! W3C trace context on; services' own spans arrive over OTLP and join the same traces.
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// `front` (behind the gateway) calls `back` through its service address.
+fn two_services(app: &str) -> String {
+    format!(
+        r#"apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: {app}
+spec:
+  components:
+    - name: front
+      type: webservice
+      properties:
+        cmd: ["{TESTSVC}"]
+        port: {front}
+      traits:
+        - type: gateway
+          properties:
+            http:
+              "/": {front}
+    - name: back
+      type: webservice
+      properties:
+        cmd: ["{TESTSVC}"]
+        port: {back}
+"#,
+        front = free_port(),
+        back = free_port(),
+    )
+}
+
+fn trace(d: &Daemon, id: &str, spans: usize) -> Vec<Value> {
+    eventually(10, &format!("trace {id} has {spans} spans"), || {
+        let out = d.yun(&["trace", id, "-o", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let got = v["spans"].as_array()?.clone();
+        (got.len() >= spans).then_some(got)
+    })
+}
+
+fn by_service<'a>(spans: &'a [Value], service: &str) -> &'a Value {
+    spans.iter().find(|s| s["service"] == service).unwrap_or_else(|| panic!("no {service} span in {spans:?}"))
+}
+
+#[test]
+fn a_request_through_the_gateway_and_two_services_is_one_trace() {
+    let d = Daemon::start();
+    d.apply("t.yaml", &two_services("traced"));
+    d.wait_phase("traced", "running", 30);
+    let gw = d.gateway_addr();
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client_span = "00f067aa0ba902b7";
+    let traceparent = format!("00-{trace_id}-{client_span}-01");
+    // back answers with the traceparent it received.
+    let (code, seen_by_back) = Http::new(&gw)
+        .request("GET", "/call/YUN_SVC_BACK_URL/header/traceparent", &[("traceparent", &traceparent)], "")
+        .unwrap();
+    assert_eq!(code, 200, "{seen_by_back}");
+
+    let spans = trace(&d, trace_id, 2);
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    let front = by_service(&spans, "front");
+    let back = by_service(&spans, "back");
+    // Parent and child: the client's span → front → back.
+    assert_eq!(front["parent_id"], client_span);
+    assert_eq!(back["parent_id"], front["span_id"]);
+    assert_eq!(seen_by_back, format!("00-{trace_id}-{}-01", back["span_id"].as_str().unwrap()));
+    // Attributes of each hop.
+    assert_eq!(front["app"], "traced");
+    assert_eq!(front["kind"], "server");
+    assert_eq!(front["attributes"]["http.request.method"], "GET");
+    assert_eq!(front["attributes"]["url.path"], "/call/YUN_SVC_BACK_URL/header/traceparent");
+    assert_eq!(front["attributes"]["http.response.status_code"], 200);
+    assert_eq!(front["attributes"]["yun.source"], "external");
+    assert!(front["attributes"]["yun.instance"].as_str().unwrap().starts_with("front-"));
+    assert_eq!(back["attributes"]["yun.source"], "traced/front", "the data plane knows the caller");
+    assert_eq!(back["attributes"]["url.path"], "/header/traceparent");
+    assert_eq!(front["error"], false);
+    // The child lies within its parent.
+    let (fs, fe) = (front["start_unix_nanos"].as_u64().unwrap(), front["end_unix_nanos"].as_u64().unwrap());
+    let (bs, be) = (back["start_unix_nanos"].as_u64().unwrap(), back["end_unix_nanos"].as_u64().unwrap());
+    assert!(fs <= bs && be <= fe, "front {fs}..{fe}, back {bs}..{be}");
+
+    // The search finds it, by app and by component; the table names the root.
+    let found = d.json(&["traces", "traced", "--component", "back"]);
+    assert!(found["traces"].as_array().unwrap().iter().any(|t| t["trace_id"] == trace_id), "{found}");
+    assert!(d.yun_ok(&["traces", "traced"]).contains(trace_id));
+    let tree = d.yun_ok(&["trace", trace_id]);
+    assert!(tree.contains("traced/front") && tree.contains("\n  +"), "{tree}");
+    assert_eq!(d.json(&["traces", "other-app"])["traces"], json!([]));
+}
+
+#[test]
+fn failed_calls_are_error_spans_kept_whatever_the_sampling() {
+    let d = Daemon::start_with(&["--trace-sample", "0"]);
+    d.apply("t.yaml", &two_services("sampled"));
+    d.wait_phase("sampled", "running", 30);
+    let gw = d.gateway_addr();
+    for _ in 0..5 {
+        assert_eq!(Http::new(&gw).get("/").unwrap().0, 200);
+    }
+    let (code, _) = Http::new(&gw).get("/call/YUN_SVC_BACK_URL/status/503").unwrap();
+    assert_eq!(code, 503);
+    let errors = eventually(10, "the failed trace is listed", || {
+        let v = d.json(&["traces", "sampled", "--status", "error"]);
+        let t = v["traces"].as_array()?.first()?.clone();
+        (t["spans"] == 2).then_some(t)
+    });
+    assert_eq!(errors["errors"], 2);
+    let spans = trace(&d, errors["trace_id"].as_str().unwrap(), 2);
+    let back = by_service(&spans, "back");
+    assert_eq!(back["error"], true);
+    assert_eq!(back["attributes"]["http.response.status_code"], 503);
+    assert_eq!(back["status_message"], "HTTP 503");
+    // With sampling at 0 the successful requests were not kept: only the failed trace is listed.
+    let all = d.json(&["traces", "sampled"]);
+    assert_eq!(all["traces"].as_array().unwrap().len(), 1, "{all}");
+}
+
+#[test]
+fn invalid_trace_headers_start_a_new_trace_and_never_reach_the_service() {
+    let d = Daemon::start();
+    d.apply("t.yaml", &two_services("hostile"));
+    d.wait_phase("hostile", "running", 30);
+    let gw = d.gateway_addr();
+    let long = "x".repeat(4000);
+    let bad = [
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "zz-garbage",
+        long.as_str(),
+    ];
+    for b in bad {
+        let (code, seen) = Http::new(&gw)
+            .request("GET", "/header/traceparent", &[("traceparent", b), ("tracestate", "a=1,a=2")], "")
+            .unwrap();
+        assert_eq!(code, 200);
+        let parts: Vec<&str> = seen.split('-').collect();
+        assert_eq!(parts.len(), 4, "{seen}");
+        assert!(parts[1].len() == 32 && parts[1] != "00000000000000000000000000000000", "{seen}");
+        assert_ne!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736");
+        let (_, state) =
+            Http::new(&gw).request("GET", "/header/tracestate", &[("tracestate", "a=1,a=2")], "").unwrap();
+        assert_eq!(state, "", "an invalid tracestate is dropped");
+    }
+}
+
+#[test]
+fn otlp_spans_from_services_join_the_trace_and_bad_payloads_are_refused() {
+    let d = Daemon::start();
+    d.apply("t.yaml", &two_services("otlp"));
+    d.wait_phase("otlp", "running", 30);
+    // Instances are told where to send spans, and under which names.
+    let otlp = d.otlp_addr();
+    let gw = d.gateway_addr();
+    let (_, endpoint) = Http::new(&gw).get("/env/OTEL_EXPORTER_OTLP_ENDPOINT").unwrap();
+    assert_eq!(endpoint, format!("http://{otlp}"));
+    assert_eq!(Http::new(&gw).get("/env/OTEL_SERVICE_NAME").unwrap().1, "front");
+    assert_eq!(Http::new(&gw).get("/env/OTEL_RESOURCE_ATTRIBUTES").unwrap().1, "yun.app=otlp");
+
+    let trace_id = "5b8efff798038103d269b633813fc60c";
+    let (code, _) = Http::new(&gw)
+        .request("GET", "/", &[("traceparent", &format!("00-{trace_id}-eee19b7ec3c1b173-01"))], "")
+        .unwrap();
+    assert_eq!(code, 200);
+    let front = trace(&d, trace_id, 1)[0].clone();
+    // A span the service made itself, as a child of the data plane's span.
+    let body = json!({"resourceSpans": [{
+        "resource": {"attributes": [
+            {"key": "service.name", "value": {"stringValue": "front"}},
+            {"key": "yun.app", "value": {"stringValue": "otlp"}}]},
+        "scopeSpans": [{"scope": {"name": "manual"}, "spans": [{
+            "traceId": trace_id, "spanId": "1111111111111111", "parentSpanId": front["span_id"],
+            "name": "render page", "kind": 1,
+            "startTimeUnixNano": front["start_unix_nanos"].to_string(),
+            "endTimeUnixNano": front["end_unix_nanos"].to_string(),
+            "attributes": [{"key": "big", "value": {"stringValue": "x".repeat(100_000)}}]}]}]}]})
+    .to_string();
+    let post = |ct: &str, body: &str| {
+        Http::new(&otlp).request("POST", "/v1/traces", &[("content-type", ct)], body).unwrap()
+    };
+    let (code, reply) = post("application/json", &body);
+    assert_eq!(code, 200, "{reply}");
+    let spans = trace(&d, trace_id, 2);
+    let own = spans.iter().find(|s| s["name"] == "render page").expect("the service's span joined");
+    assert_eq!(own["parent_id"], front["span_id"]);
+    assert!(own["attributes"]["big"].as_str().unwrap().len() <= 1024, "huge values are cut");
+
+    // Bad payloads are refused and change nothing.
+    assert_eq!(post("application/json", "{not json").0, 400);
+    assert_eq!(post("application/x-protobuf", "\u{7f}\u{7f}\u{7f}").0, 400);
+    assert_eq!(post("text/plain", &body).0, 415);
+    let huge = format!("{{\"resourceSpans\": [], \"x\": \"{}\"}}", "y".repeat(5 << 20));
+    assert_eq!(post("application/json", &huge).0, 413);
+    let (code, reply) = post(
+        "application/json",
+        r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"00000000000000000000000000000000","spanId":"1111111111111111"}]}]}]}"#,
+    );
+    assert_eq!(code, 200);
+    let reply: Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reply["partialSuccess"]["rejectedSpans"].to_string().trim_matches('"'), "1", "{reply}");
+    assert_eq!(trace(&d, trace_id, 2).len(), 2);
+}
