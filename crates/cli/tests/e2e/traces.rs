@@ -207,3 +207,111 @@ fn otlp_spans_from_services_join_the_trace_and_bad_payloads_are_refused() {
     assert_eq!(reply["partialSuccess"]["rejectedSpans"].to_string().trim_matches('"'), "1", "{reply}");
     assert_eq!(trace(&d, trace_id, 2).len(), 2);
 }
+
+const OTEL_SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/otel");
+
+/// A child process killed when dropped.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn python_otel_available() {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, opentelemetry.proto"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "this test needs the OpenTelemetry Python packages: \
+         pip install opentelemetry-sdk opentelemetry-exporter-otlp-proto-http opentelemetry-proto \
+         (scripts/test installs them)"
+    );
+}
+
+#[test]
+fn exported_spans_decode_with_the_official_otlp_protobuf_classes() {
+    use std::io::BufRead;
+    python_otel_available();
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut child = std::process::Command::new("python3")
+        .arg(format!("{OTEL_SCRIPTS}/collector.py"))
+        .arg(out.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut port).unwrap();
+    let _collector = Reaped(child);
+    let endpoint = format!("http://127.0.0.1:{}/v1/traces", port.trim());
+    let d = Daemon::start_with(&["--otlp-export", &endpoint]);
+    d.apply("t.yaml", &two_services("exported"));
+    d.wait_phase("exported", "running", 30);
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let (code, _) = Http::new(&d.gateway_addr())
+        .request(
+            "GET",
+            "/call/YUN_SVC_BACK_URL/status/503",
+            &[("traceparent", &format!("00-{trace_id}-b7ad6b7169203331-01"))],
+            "",
+        )
+        .unwrap();
+    assert_eq!(code, 503);
+    let spans: Vec<Value> = eventually(15, "both spans reach the collector", || {
+        let text = std::fs::read_to_string(out.path()).ok()?;
+        let spans: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|s| s["trace_id"] == trace_id)
+            .collect();
+        (spans.len() >= 2).then_some(spans)
+    });
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    let of = |svc: &str| spans.iter().find(|s| s["resource"]["service.name"] == svc).unwrap();
+    let (front, back) = (of("front"), of("back"));
+    assert_eq!(front["content_type"], "application/x-protobuf");
+    assert_eq!(front["resource"]["yun.app"], "exported");
+    assert_eq!(front["scope"], "yun");
+    assert_eq!(front["parent_span_id"], "b7ad6b7169203331");
+    assert_eq!(back["parent_span_id"], front["span_id"]);
+    assert_eq!(back["kind"], 2, "SPAN_KIND_SERVER");
+    assert_eq!(back["status_code"], 2, "STATUS_CODE_ERROR");
+    assert_eq!(back["attributes"]["http.response.status_code"], 503);
+    assert_eq!(back["attributes"]["yun.source"], "exported/front");
+    assert!(back["start"].as_u64().unwrap() >= front["start"].as_u64().unwrap());
+}
+
+#[test]
+fn spans_from_the_opentelemetry_python_sdk_join_a_yun_trace() {
+    python_otel_available();
+    let d = Daemon::start();
+    d.apply("t.yaml", &two_services("otlp"));
+    d.wait_phase("otlp", "running", 30);
+    let trace_id = "6e0c63257de34c926f9efcd03899a2a4";
+    let (code, _) = Http::new(&d.gateway_addr())
+        .request("GET", "/", &[("traceparent", &format!("00-{trace_id}-1111111111111111-01"))], "")
+        .unwrap();
+    assert_eq!(code, 200);
+    let front = trace(&d, trace_id, 1)[0].clone();
+    let parent = format!("00-{trace_id}-{}-01", front["span_id"].as_str().unwrap());
+    let status = std::process::Command::new("python3")
+        .arg(format!("{OTEL_SCRIPTS}/sdk_span.py"))
+        .arg(format!("http://{}/v1/traces", d.otlp_addr()))
+        .arg(&parent)
+        .arg("charge card")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let spans = trace(&d, trace_id, 2);
+    let sdk = spans.iter().find(|s| s["name"] == "charge card").expect("the SDK's span joined the trace");
+    assert_eq!(sdk["parent_id"], front["span_id"]);
+    assert_eq!(sdk["service"], "checkout");
+    assert_eq!(sdk["app"], "otlp");
+    assert_eq!(sdk["kind"], "internal");
+    assert_eq!(sdk["attributes"]["order.items"], 3);
+    assert_eq!(sdk["attributes"]["order.express"], true);
+}
