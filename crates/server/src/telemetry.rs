@@ -110,12 +110,18 @@ async fn receive(State(traces): State<Arc<TraceStore>>, headers: HeaderMap, body
         );
         return (StatusCode::UNSUPPORTED_MEDIA_TYPE, Json(json!({"error": message}))).into_response();
     };
-    if let Some(enc) = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok())
-        && !enc.eq_ignore_ascii_case("identity")
-    {
-        let message = format!("unsupported content encoding \"{enc}\": send the body uncompressed");
-        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, Json(json!({"error": message}))).into_response();
-    }
+    let body = match headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()) {
+        None => body,
+        Some(enc) if enc.eq_ignore_ascii_case("identity") => body,
+        Some(enc) if enc.eq_ignore_ascii_case("gzip") => match gunzip(&body) {
+            Ok(b) => b,
+            Err((status, message)) => return (status, Json(json!({"error": message}))).into_response(),
+        },
+        Some(enc) => {
+            let message = format!("unsupported content encoding \"{enc}\": send gzip or uncompressed");
+            return (StatusCode::UNSUPPORTED_MEDIA_TYPE, Json(json!({"error": message}))).into_response();
+        }
+    };
     let decoded = match otlp::decode(&body, encoding) {
         Ok(d) => d,
         Err(message) => return (StatusCode::BAD_REQUEST, Json(json!({"error": message}))).into_response(),
@@ -126,6 +132,22 @@ async fn receive(State(traces): State<Arc<TraceStore>>, headers: HeaderMap, body
         traces.record(span, true);
     }
     ([(header::CONTENT_TYPE, encoding.content_type())], reply).into_response()
+}
+
+/// A gzip body, unpacked within the same size limit as a plain one (so a small bomb cannot
+/// take memory).
+fn gunzip(body: &[u8]) -> Result<Bytes, (StatusCode, String)> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let mut reader = flate2::read::GzDecoder::new(body).take(MAX_OTLP_BODY as u64 + 1);
+    reader.read_to_end(&mut out).map_err(|e| (StatusCode::BAD_REQUEST, format!("invalid gzip body: {e}")))?;
+    if out.len() > MAX_OTLP_BODY {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the unpacked body is larger than {} MiB", MAX_OTLP_BODY >> 20),
+        ));
+    }
+    Ok(Bytes::from(out))
 }
 
 /// Starts the OTLP receiver on `addr`; returns the bound address.
@@ -269,5 +291,40 @@ impl prometheus_client::collector::Collector for TraceCollector {
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn gzip_bodies_unpack_within_the_limit() {
+        assert_eq!(gunzip(&gzip(b"spans")).unwrap(), Bytes::from_static(b"spans"));
+        // 64 MiB of zeros packs into a few kilobytes; it is refused, not unpacked.
+        let bomb = gzip(&vec![0u8; 64 << 20]);
+        assert!(bomb.len() < 1 << 20);
+        assert_eq!(gunzip(&bomb).unwrap_err().0, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(gunzip(b"not gzip").unwrap_err().0, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn export_endpoints_are_checked() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            assert!(Exporter::start("http://127.0.0.1:4318").is_ok());
+            assert!(Exporter::start("http://127.0.0.1:4318/v1/traces").is_ok());
+            for bad in ["", "not a url", "https://collector:4318", "ftp://x", "/v1/traces"] {
+                assert!(Exporter::start(bad).is_err(), "{bad}");
+            }
+        });
     }
 }

@@ -303,6 +303,8 @@ fn spans_from_the_opentelemetry_python_sdk_join_a_yun_trace() {
         .arg(format!("http://{}/v1/traces", d.otlp_addr()))
         .arg(&parent)
         .arg("charge card")
+        // The exporter compresses, as many deployments configure it.
+        .env("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
         .status()
         .unwrap();
     assert!(status.success());
