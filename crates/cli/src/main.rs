@@ -154,6 +154,9 @@ enum Command {
         /// OTLP/HTTP receiver address for services' OpenTelemetry spans, or `off`.
         #[arg(long, env = "YUN_OTLP_LISTEN", default_value = yun_server::DEFAULT_OTLP)]
         otlp: String,
+        /// `off`: the data plane makes no spans and leaves trace headers alone.
+        #[arg(long, env = "YUN_TRACING", default_value = "on", value_parser = ["on", "off"])]
+        tracing: String,
         /// Share of new traces kept, 0 to 1 (failed and slow traces are always kept).
         #[arg(long, env = "YUN_TRACE_SAMPLE", default_value_t = 1.0)]
         trace_sample: f64,
@@ -246,7 +249,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let home = client::home(cli.home.clone())?;
     let fmt = cli.output;
     match cli.command {
-        Command::Server { listen, gateway, gateway_tls, otlp, trace_sample, trace_slow, otlp_export } => {
+        Command::Server {
+            listen,
+            gateway,
+            gateway_tls,
+            tracing,
+            otlp,
+            trace_sample,
+            trace_slow,
+            otlp_export,
+        } => {
             let parse = |value: &str, what: &str| -> Result<Option<std::net::SocketAddr>> {
                 match value {
                     "off" => Ok(None),
@@ -262,6 +274,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let slow = yun_model::Dur::parse(&trace_slow)
                 .map_err(|e| anyhow!("invalid trace slow threshold \"{trace_slow}\": {e}"))?;
             let tracing = yun_server::TracingConfig {
+                disabled: tracing == "off",
                 sampling: yun_telemetry::Sampling { ratio: trace_sample, slow: slow.0 },
                 limits: Default::default(),
                 otlp: parse(&otlp, "OTLP")?,

@@ -51,6 +51,8 @@ pub struct Config {
 /// How the daemon traces requests.
 #[derive(Debug, Clone, Default)]
 pub struct TracingConfig {
+    /// No spans and no trace headers from the data plane (the OTLP receiver still runs).
+    pub disabled: bool,
     /// Head sampling and the slow-trace threshold.
     pub sampling: yun_telemetry::Sampling,
     /// Memory bounds of the trace store.
@@ -180,7 +182,11 @@ pub async fn run(
         ],
         None => Vec::new(),
     };
-    let proxy_metrics = Arc::new(yun_proxy::Metrics::register(&mut registry).with_traces(traces.clone()));
+    let mut proxy_metrics = yun_proxy::Metrics::register(&mut registry);
+    if !config.tracing.disabled {
+        proxy_metrics = proxy_metrics.with_traces(traces.clone());
+    }
+    let proxy_metrics = Arc::new(proxy_metrics);
     // A gateway that cannot bind is reported, not fatal: everything else still works.
     let gateway = match config.gateway {
         Some(addr) => match yun_proxy::Gateway::bind(addr, config.gateway_tls).await {

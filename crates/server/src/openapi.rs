@@ -49,7 +49,9 @@ pub fn openapi_spec() -> Value {
             "/api/v1/apps/{name}/stop": {"post": op("Stop all instances, keeping the app; the next apply starts it", &[name], None, "stopped")},
             "/api/v1/apps/{name}/logs": {"get": op("Instance output as newline-delimited JSON", &[name, ("component", "query", "string"), ("instance", "query", "string"), ("since", "query", "string"), ("tail", "query", "integer"), ("follow", "query", "boolean")], None, "log lines")},
             "/metrics": {"get": {"summary": "Prometheus metrics (OpenMetrics text)", "responses": {"200": {"description": "metrics", "content": {"application/openmetrics-text": {}}}, "401": {"$ref": "#/components/responses/Unauthorized"}}}},
-            "/api/v1/events": {"get": op("Event and audit log", &[("app", "query", "string"), ("after", "query", "integer"), ("limit", "query", "integer")], None, "events")}
+            "/api/v1/events": {"get": op("Event and audit log", &[("app", "query", "string"), ("after", "query", "integer"), ("limit", "query", "integer")], None, "events")},
+            "/api/v1/traces": {"get": op("Search kept traces, newest first (status: error or any; minDuration like 100ms; since like 10m)", &[("app", "query", "string"), ("service", "query", "string"), ("status", "query", "string"), ("minDuration", "query", "string"), ("since", "query", "string"), ("limit", "query", "integer")], None, "trace summaries")},
+            "/api/v1/traces/{id}": {"get": op("Every span of one trace, earliest first", &[("id", "path", "string")], None, "spans")}
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

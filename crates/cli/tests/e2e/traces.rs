@@ -317,3 +317,17 @@ fn spans_from_the_opentelemetry_python_sdk_join_a_yun_trace() {
     assert_eq!(sdk["attributes"]["order.items"], 3);
     assert_eq!(sdk["attributes"]["order.express"], true);
 }
+
+#[test]
+fn with_tracing_off_the_data_plane_makes_no_spans_and_leaves_headers_alone() {
+    let d = Daemon::start_with(&["--tracing", "off"]);
+    d.apply("t.yaml", &two_services("quiet"));
+    d.wait_phase("quiet", "running", 30);
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (code, seen) = Http::new(&d.gateway_addr())
+        .request("GET", "/header/traceparent", &[("traceparent", tp)], "")
+        .unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(seen, tp);
+    assert_eq!(d.json(&["traces", "quiet"])["traces"], json!([]));
+}
