@@ -4,7 +4,9 @@
 # through nginx as a proxy (both from Debian, configured equivalently: one worker/thread,
 # keep-alive to the upstream, no logging). Each path gets fixed-rate load (1k and 5k req/s,
 # open loop with latency correction) and maximum throughput; the proxy's RSS and CPU are read
-# from /proc. Proxies run on core 0; the load generator and upstream on core 1.
+# from /proc. Proxies run on core 0; the load generator and upstream on core 1. Yun runs twice,
+# as configured by default (every request traced) and with `--tracing off`, to show what
+# tracing costs.
 #
 # Needs: haproxy, nginx (apt), oha (cargo install oha). Installs what is missing.
 # Usage: scripts/bench-proxy.sh [seconds per run, default 10] [runs per cell, default 3]
@@ -25,8 +27,10 @@ work=$(mktemp -d)
 export YUN_HOME=$work/home YUN_LISTEN=127.0.0.1:0
 pids=()
 cleanup() {
-  "$YUN" delete bench >/dev/null 2>&1 || true
-  [ -f "$YUN_HOME/daemon.json" ] && kill "$(daemon_pid)" 2>/dev/null || true
+  for h in "$work/home" "$work/home2"; do
+    YUN_HOME=$h "$YUN" delete bench >/dev/null 2>&1 || true
+    [ -f "$h/daemon.json" ] && kill "$(YUN_HOME=$h daemon_pid)" 2>/dev/null || true
+  done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 1
   rm -rf "$work"
@@ -41,7 +45,7 @@ mkdir -p "$work/up"
 cat > "$work/up/nginx.tmpl" <<'EOF'
 worker_processes 1;
 daemon off;
-pid WORK/up/nginx.pid;
+pid WORK/up/nginx-PORT.pid;
 error_log stderr error;
 events { worker_connections 4096; }
 http {
@@ -64,10 +68,19 @@ spec:
         cmd: ["sh", "-c", "sed s/PORT/\$PORT/ $work/up/nginx.tmpl > $work/up/nginx.conf && exec taskset -c 1 nginx -c $work/up/nginx.conf"]
         ports: [{port: $svc_port}]
 EOF
-TOKIO_WORKER_THREADS=1 taskset -c 0 "$YUN" server >"$work/daemon.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do [ -f "$YUN_HOME/daemon.json" ] && break; sleep 0.05; done
+start_daemon() { # home, extra flags...
+  local home=$1; shift
+  YUN_HOME=$home TOKIO_WORKER_THREADS=1 taskset -c 0 "$YUN" server --gateway off --gateway-tls off \
+    --otlp 127.0.0.1:0 "$@" >"$home.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do [ -f "$home/daemon.json" ] && break; sleep 0.05; done
+}
+start_daemon "$work/home"
 "$YUN" up -d -f "$work/bench.yaml" >/dev/null
+svc_port2=$(free_port)
+sed "s/port: $svc_port/port: $svc_port2/" "$work/bench.yaml" > "$work/bench2.yaml"
+start_daemon "$work/home2" --tracing off
+YUN_HOME=$work/home2 "$YUN" up -d -f "$work/bench2.yaml" >/dev/null
 up_port=$("$YUN" status bench -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["components"][0]["instances"][0]["ports"][0])')
 
 hap_port=$(free_port)
@@ -114,7 +127,8 @@ sleep 1
 ngx_pids="$ngx_master,$(pgrep -P "$ngx_master" | tr '\n' ',' | sed 's/,$//')"
 
 # Path name, port, pids of the proxy ("-" for direct).
-paths=("direct $up_port -" "yun $svc_port $(daemon_pid)" "haproxy $hap_port $hap_pid" "nginx $ngx_port $ngx_pids")
+paths=("direct $up_port -" "yun $svc_port $(daemon_pid)" "yun-untraced $svc_port2 $(YUN_HOME=$work/home2 daemon_pid)"
+  "haproxy $hap_port $hap_pid" "nginx $ngx_port $ngx_pids")
 
 rss_kb() { local t=0; for p in ${1//,/ }; do t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo $t; }
 hwm_kb() { local t=0; for p in ${1//,/ }; do t=$((t + $(awk '/VmHWM/ {print $2}' "/proc/$p/status"))); done; echo $t; }
@@ -176,17 +190,20 @@ for rate in ["1000","5000","max"]:
     print()
     if rate=="max":
         print("max throughput | req/s | vs HAProxy | proxy RSS MiB (peak) | proxy CPU %")
-        for name in ["direct","yun","haproxy","nginx"]:
+        for name in ["direct","yun","yun-untraced","haproxy","nginx"]:
             r=by[(rate,name)]
             ratio=float(r[4])/float(by[(rate,'haproxy')][4])
             print(f"{name:8} | {float(r[4]):9.0f} | {ratio:5.2f}x | {r[7]} ({r[8]}) | {r[9]}")
     else:
         print(f"{rate} req/s | p50 µs | p99 µs | added p50 | added p99 | ok/total | RSS MiB (peak) | CPU %")
-        for name in ["direct","yun","haproxy","nginx"]:
+        for name in ["direct","yun","yun-untraced","haproxy","nginx"]:
             r=by[(rate,name)]
             a50=float(r[2])-float(d[2]); a99=float(r[3])-float(d[3])
             print(f"{name:8} | {float(r[2]):7.0f} | {float(r[3]):7.0f} | {a50:+7.0f} | {a99:+7.0f} | {r[5]}/{r[6]} | {r[7]} ({r[8]}) | {r[9]}")
         y=by[(rate,'yun')]; h=by[(rate,'haproxy')]
         ay=float(y[3])-float(d[3]); ah=float(h[3])-float(d[3])
         print(f"added p99 yun/haproxy: {ay/ah:.2f}" if ah>0 else "added p99 haproxy <= 0")
+        u=by[(rate,'yun-untraced')]
+        au=float(u[3])-float(d[3])
+        print(f"tracing cost: added p99 {ay:+.0f} µs traced vs {au:+.0f} µs untraced")
 EOF

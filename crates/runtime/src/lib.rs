@@ -191,6 +191,14 @@ impl LocalRuntime {
         }
     }
 
+    /// The applications the runtime runs.
+    pub fn apps(&self) -> Vec<String> {
+        let mut names: Vec<String> =
+            self.inner.apps.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     /// Observed status of each component of `app`, in manifest order.
     pub fn status(&self, app: &str) -> Option<Vec<ComponentStatus>> {
         let apps = self.inner.apps.lock().unwrap_or_else(|e| e.into_inner());

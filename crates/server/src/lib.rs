@@ -6,6 +6,7 @@
 mod api;
 mod openapi;
 mod reconcile;
+mod runtime_metrics;
 mod status;
 mod telemetry;
 
@@ -221,6 +222,8 @@ pub async fn run(
             message: format!("stopped {reaped} instance(s) left by a previous daemon; they will be replaced"),
         });
     }
+    registry.register_collector(Box::new(runtime_metrics::RuntimeCollector { runtime: runtime.clone() }));
+    let reconcile_metrics = reconcile::Metrics::register(&mut registry);
     let (reconcile_tx, reconcile_rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(Ctx {
         store,
@@ -260,7 +263,7 @@ pub async fn run(
             }
         }
     });
-    tokio::spawn(reconcile::run(ctx.clone(), reconcile_rx));
+    tokio::spawn(reconcile::run(ctx.clone(), reconcile_rx, reconcile_metrics));
 
     let info = DaemonInfo {
         addr,

@@ -18,7 +18,43 @@ use crate::Ctx;
 /// Period of the full resync.
 const RESYNC: Duration = Duration::from_secs(2);
 
-pub(crate) async fn run(ctx: Arc<Ctx>, mut queue: mpsc::UnboundedReceiver<String>) {
+/// The reconciler's own metrics.
+pub(crate) struct Metrics {
+    duration: prometheus_client::metrics::histogram::Histogram,
+    queue: prometheus_client::metrics::gauge::Gauge,
+    failures: prometheus_client::metrics::counter::Counter,
+}
+
+impl Metrics {
+    pub(crate) fn register(registry: &mut prometheus_client::registry::Registry) -> Metrics {
+        let m = Metrics {
+            // 100 µs … ~3 s.
+            duration: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16),
+            ),
+            queue: Default::default(),
+            failures: Default::default(),
+        };
+        registry.register(
+            "yun_reconcile_duration_seconds",
+            "Time to reconcile one application",
+            m.duration.clone(),
+        );
+        registry.register(
+            "yun_reconcile_queue_depth",
+            "Applications waiting to be reconciled",
+            m.queue.clone(),
+        );
+        registry.register(
+            "yun_reconcile_failures",
+            "Reconciles that failed and will be retried",
+            m.failures.clone(),
+        );
+        m
+    }
+}
+
+pub(crate) async fn run(ctx: Arc<Ctx>, mut queue: mpsc::UnboundedReceiver<String>, metrics: Metrics) {
     let mut resync = tokio::time::interval(RESYNC);
     loop {
         let mut names = BTreeSet::new();
@@ -34,11 +70,18 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut queue: mpsc::UnboundedReceiver<String
         while let Ok(name) = queue.try_recv() {
             names.insert(name);
         }
+        let mut waiting = names.len() as i64;
         for name in names {
+            metrics.queue.set(waiting);
+            let start = std::time::Instant::now();
             if let Err(e) = reconcile(&ctx, &name).await {
+                metrics.failures.inc();
                 tracing::warn!(app = %name, error = %e, "Reconcile failed; will retry.");
             }
+            metrics.duration.observe(start.elapsed().as_secs_f64());
+            waiting -= 1;
         }
+        metrics.queue.set(0);
     }
 }
 

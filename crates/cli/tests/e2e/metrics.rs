@@ -55,9 +55,26 @@ spec:
         r#"yun_proxy_retries_total{app="metered",component="api",route="default"}"#,
         r#"yun_proxy_request_duration_seconds_bucket{le="+Inf",app="metered",component="api",route="default"} 10"#,
         "yun_proxy_requests_in_flight{",
+        // Runtime, control plane and trace store.
+        r#"yun_component_instances{app="metered",component="api",state="ready"} 1"#,
+        r#"yun_component_instances{app="metered",component="api",state="desired"} 1"#,
+        r#"yun_instance_ready{app="metered",component="api",instance="api-"#,
+        r#"yun_instance_restarts_total{app="metered",component="api",instance="api-"#,
+        "yun_reconcile_duration_seconds_count ",
+        "yun_reconcile_queue_depth ",
+        "yun_traces_stored ",
+        "yun_trace_spans_dropped_total ",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
+    // The instance's memory and CPU come from /proc: real, non-zero figures.
+    let value_of = |prefix: &str| -> f64 {
+        let line =
+            text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value_of(r#"yun_instance_memory_rss_bytes{app="metered",component="api""#) > 100_000.0);
+    assert!(value_of(r#"yun_instance_cpu_seconds_total{app="metered",component="api""#) >= 0.0);
 
     let promtool = Command::new("promtool")
         .args(["check", "metrics"])

@@ -1,0 +1,183 @@
+//! Runtime metrics on `/metrics`, read at each scrape: instances per component, readiness and
+//! restarts per instance, and each instance's CPU time and memory from `/proc` (summed over its
+//! process group, so a shell script's children count too).
+
+use std::collections::HashMap;
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use yun_runtime::LocalRuntime;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ComponentLabels {
+    app: String,
+    component: String,
+    state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceLabels {
+    app: String,
+    component: String,
+    instance: String,
+}
+
+/// Collects from the runtime on every scrape.
+pub(crate) struct RuntimeCollector {
+    pub runtime: LocalRuntime,
+}
+
+impl std::fmt::Debug for RuntimeCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RuntimeCollector")
+    }
+}
+
+/// CPU seconds and resident bytes of a process group.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub(crate) struct Usage {
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+}
+
+/// Usage of every process group, from `/proc/*/stat`.
+pub(crate) fn process_groups() -> HashMap<u32, Usage> {
+    use nix::unistd::{SysconfVar, sysconf};
+    let ticks = sysconf(SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100).max(1) as f64;
+    let page = sysconf(SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096).max(1) as u64;
+    let mut groups: HashMap<u32, Usage> = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return groups };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        if let Some((pgrp, cpu_ticks, rss_pages)) = parse_stat(&stat) {
+            let u = groups.entry(pgrp).or_default();
+            u.cpu_seconds += cpu_ticks as f64 / ticks;
+            u.rss_bytes += rss_pages * page;
+        }
+    }
+    groups
+}
+
+/// (process group, utime + stime ticks, rss pages) from a `/proc/PID/stat` line. The command
+/// name may hold spaces and parentheses, so fields are counted after its last `)`.
+fn parse_stat(stat: &str) -> Option<(u32, u64, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 (state): field N is f[N - 3].
+    let pgrp = f.get(2)?.parse().ok()?;
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    let rss: i64 = f.get(21)?.parse().ok()?;
+    Some((pgrp, utime + stime, rss.max(0) as u64))
+}
+
+impl prometheus_client::collector::Collector for RuntimeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let apps: Vec<(String, Vec<yun_runtime::ComponentStatus>)> = self
+            .runtime
+            .apps()
+            .into_iter()
+            .filter_map(|app| self.runtime.status(&app).map(|s| (app, s)))
+            .collect();
+        let usage = process_groups();
+        let mut instances = Vec::new();
+        for (app, components) in &apps {
+            for c in components {
+                for i in &c.instances {
+                    let labels = InstanceLabels {
+                        app: app.clone(),
+                        component: c.name.clone(),
+                        instance: i.id.clone(),
+                    };
+                    let u = i.pid.and_then(|p| usage.get(&p)).copied().unwrap_or_default();
+                    instances.push((labels, i, u));
+                }
+            }
+        }
+
+        let g = ConstGauge::new(0i64);
+        let mut m = encoder.encode_descriptor(
+            "yun_component_instances",
+            "Instances of a component: desired, and ready (passing readiness)",
+            None,
+            g.metric_type(),
+        )?;
+        for (app, components) in &apps {
+            for c in components {
+                for (state, n) in [("desired", c.desired), ("ready", c.ready)] {
+                    let labels =
+                        ComponentLabels { app: app.clone(), component: c.name.clone(), state: state.into() };
+                    ConstGauge::new(i64::from(n)).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "yun_instance_ready",
+            "1 when the instance passes readiness",
+            None,
+            g.metric_type(),
+        )?;
+        for (labels, i, _) in &instances {
+            ConstGauge::new(i64::from(i.ready)).encode(m.encode_family(labels)?)?;
+        }
+
+        let c = ConstCounter::new(0u64);
+        let mut m = encoder.encode_descriptor(
+            "yun_instance_restarts",
+            "Restarts of the instance",
+            None,
+            c.metric_type(),
+        )?;
+        for (labels, i, _) in &instances {
+            ConstCounter::new(u64::from(i.restarts)).encode(m.encode_family(labels)?)?;
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "yun_instance_cpu_seconds",
+            "CPU time used by the instance's current processes",
+            None,
+            ConstCounter::new(0f64).metric_type(),
+        )?;
+        for (labels, _, u) in &instances {
+            ConstCounter::new(u.cpu_seconds).encode(m.encode_family(labels)?)?;
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "yun_instance_memory_rss_bytes",
+            "Resident memory of the instance's processes",
+            None,
+            g.metric_type(),
+        )?;
+        for (labels, _, u) in &instances {
+            ConstGauge::new(u.rss_bytes as i64).encode(m.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_with_odd_command_names_parse() {
+        let line = "4242 (my (odd) cmd) S 1 4240 4240 0 -1 4194560 500 0 0 0 150 50 0 0 20 0 1 0 100 10000000 321 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        assert_eq!(parse_stat(line), Some((4240, 200, 321)));
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_stat("1 (x) S 1"), None);
+    }
+
+    #[test]
+    fn this_process_group_is_measured() {
+        let me = nix::unistd::getpgrp().as_raw() as u32;
+        let groups = process_groups();
+        let u = groups.get(&me).expect("own process group");
+        assert!(u.rss_bytes > 0);
+    }
+}
