@@ -92,6 +92,12 @@ enum Command {
         /// At most this many stored lines.
         #[arg(long, default_value_t = 1000)]
         tail: usize,
+        /// Only lines containing this text.
+        #[arg(long)]
+        grep: Option<String>,
+        /// Only lines that name this trace id (JSON logs with `trace_id`, or `trace_id=` in text).
+        #[arg(long)]
+        trace: Option<String>,
     },
     /// Show an app's revisions.
     History {
@@ -356,10 +362,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 print_status(&out);
             }
         }
-        Command::Logs { app, component, follow, since, instance, tail } => {
+        Command::Logs { app, component, follow, since, instance, tail, grep, trace } => {
             let c = Client::connect(&home).await?;
             let mut q = format!("/api/v1/apps/{}/logs?tail={tail}&follow={follow}", enc(&app));
-            for (k, v) in [("component", &component), ("instance", &instance), ("since", &since)] {
+            for (k, v) in [
+                ("component", &component),
+                ("instance", &instance),
+                ("since", &since),
+                ("grep", &grep),
+                ("trace", &trace),
+            ] {
                 if let Some(v) = v {
                     q.push_str(&format!("&{k}={}", enc(v)));
                 }

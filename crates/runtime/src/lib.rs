@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use yun_model::{App, ComponentKind, service_env_prefix};
 
-pub use logs::{LogHub, LogLine, MAX_LOG_BYTES};
+pub use logs::{LogHub, LogLine, LogQuery, MAX_LOG_BYTES, trace_id_of};
 pub use supervisor::{ComponentStatus, InstanceStatus, RunStatus};
 pub use yun_proxy::{Metrics as ProxyMetrics, NO_ENDPOINT_WAIT};
 

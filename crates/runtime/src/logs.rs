@@ -28,6 +28,67 @@ pub struct LogLine {
     pub stream: String,
     /// The text, without the newline.
     pub line: String,
+    /// The trace the line belongs to, when it names one (`trace_id`, `traceId`, `trace.id`,
+    /// `otelTraceID` or `traceparent` in a JSON line; `trace_id=` or `traceId=` in text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+}
+
+/// Which stored or live lines a reader wants.
+#[derive(Debug, Clone, Default)]
+pub struct LogQuery {
+    pub component: Option<String>,
+    pub instance: Option<String>,
+    /// Lines at or after this time.
+    pub since: Option<jiff::Timestamp>,
+    /// Lines containing this text.
+    pub grep: Option<String>,
+    /// Lines of this trace.
+    pub trace_id: Option<String>,
+    /// The last this many matching stored lines.
+    pub tail: usize,
+}
+
+impl LogQuery {
+    /// Whether `line` (of the queried app) matches everything but `since` and `tail`.
+    pub fn matches(&self, line: &LogLine) -> bool {
+        self.component.as_deref().is_none_or(|c| c == line.component)
+            && self.instance.as_deref().is_none_or(|i| i == line.instance)
+            && self.grep.as_deref().is_none_or(|g| line.line.contains(g))
+            && self.trace_id.as_deref().is_none_or(|t| line.trace_id.as_deref() == Some(t))
+    }
+}
+
+/// The trace id a log line names, lowercased; see [`LogLine::trace_id`].
+pub fn trace_id_of(text: &str) -> Option<String> {
+    let valid = |s: &str| {
+        let s = s.to_ascii_lowercase();
+        (s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) && s.bytes().any(|b| b != b'0'))
+            .then_some(s)
+    };
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{')
+        && let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(trimmed)
+    {
+        for key in ["trace_id", "traceId", "trace.id", "otelTraceID", "traceID"] {
+            if let Some(id) = map.get(key).and_then(|v| v.as_str()).and_then(valid) {
+                return Some(id);
+            }
+        }
+        if let Some(tp) = map.get("traceparent").and_then(|v| v.as_str()) {
+            return tp.split('-').nth(1).and_then(valid);
+        }
+        return None;
+    }
+    for key in ["trace_id=", "traceId="] {
+        if let Some(at) = text.find(key) {
+            let rest = text[at + key.len()..].trim_start_matches('"');
+            if let Some(id) = rest.get(..32).and_then(valid) {
+                return Some(id);
+            }
+        }
+    }
+    None
 }
 
 /// Where logs live and who follows them.
@@ -68,16 +129,9 @@ impl LogHub {
             instance: instance.into(),
         }
     }
-    /// Reads stored lines of an app (optionally one component/instance), in time order,
-    /// at or after `since` (RFC 3339), the last `tail` of them.
-    pub fn read(
-        &self,
-        app: &str,
-        component: Option<&str>,
-        instance: Option<&str>,
-        since: Option<jiff::Timestamp>,
-        tail: usize,
-    ) -> Vec<LogLine> {
+    /// Reads stored lines of an app that match `q`, in time order, the last `q.tail` of them.
+    pub fn read(&self, app: &str, q: &LogQuery) -> Vec<LogLine> {
+        let (component, instance, since) = (q.component.as_deref(), q.instance.as_deref(), q.since);
         let mut files = Vec::new();
         let app_dir = self.root.join(app);
         let comps: Vec<PathBuf> = match component {
@@ -98,8 +152,8 @@ impl LogHub {
             let Ok(text) = std::fs::read_to_string(&f) else { continue };
             for l in text.lines() {
                 if let Ok(line) = serde_json::from_str::<LogLine>(l) {
-                    let keep =
-                        since.is_none_or(|s| line.time.parse::<jiff::Timestamp>().is_ok_and(|t| t >= s));
+                    let keep = q.matches(&line)
+                        && since.is_none_or(|s| line.time.parse::<jiff::Timestamp>().is_ok_and(|t| t >= s));
                     if keep {
                         out.push(line);
                     }
@@ -107,7 +161,7 @@ impl LogHub {
             }
         }
         out.sort_by(|a, b| a.time.cmp(&b.time));
-        let skip = out.len().saturating_sub(tail);
+        let skip = out.len().saturating_sub(q.tail);
         out.split_off(skip)
     }
 }
@@ -148,6 +202,7 @@ impl LogWriter {
                     text.push_str(" …[line truncated]");
                 }
                 let line = LogLine {
+                    trace_id: trace_id_of(&text),
                     time: jiff::Timestamp::now().to_string(),
                     app: w.app.clone(),
                     component: w.component.clone(),
@@ -195,4 +250,55 @@ impl LogWriter {
 
 fn read_dir(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod trace_tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_are_found_in_json_and_text_lines() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        for line in [
+            format!(r#"{{"level":"info","msg":"paid","trace_id":"{id}"}}"#),
+            format!(r#"{{"traceId":"{}"}}"#, id.to_uppercase()),
+            format!(r#"{{"trace.id":"{id}","span.id":"x"}}"#),
+            format!(r#"{{"traceparent":"00-{id}-00f067aa0ba902b7-01"}}"#),
+            format!("level=info msg=paid trace_id={id} user=7"),
+            format!(r#"time=1 traceId="{id}""#),
+        ] {
+            assert_eq!(trace_id_of(&line).as_deref(), Some(id), "{line}");
+        }
+        for line in [
+            "plain text",
+            r#"{"trace_id":"short"}"#,
+            r#"{"trace_id":"00000000000000000000000000000000"}"#,
+            r#"{"trace_id": 42}"#,
+            "{not json trace_id=",
+            "trace_id=zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz",
+        ] {
+            assert_eq!(trace_id_of(line), None, "{line}");
+        }
+    }
+
+    #[test]
+    fn queries_filter_by_text_and_trace() {
+        let line = |text: &str, trace: Option<&str>| LogLine {
+            time: String::new(),
+            app: "a".into(),
+            component: "web".into(),
+            instance: "web-1".into(),
+            stream: "stdout".into(),
+            line: text.into(),
+            trace_id: trace.map(str::to_string),
+        };
+        let q = LogQuery { grep: Some("paid".into()), ..Default::default() };
+        assert!(q.matches(&line("order paid", None)) && !q.matches(&line("order failed", None)));
+        let q = LogQuery { trace_id: Some("ab".into()), component: Some("web".into()), ..Default::default() };
+        assert!(
+            q.matches(&line("x", Some("ab")))
+                && !q.matches(&line("x", Some("cd")))
+                && !q.matches(&line("x", None))
+        );
+    }
 }

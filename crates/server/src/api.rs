@@ -488,6 +488,12 @@ struct LogsQuery {
     tail: Option<usize>,
     #[serde(default)]
     follow: bool,
+    /// Lines containing this text.
+    #[serde(default)]
+    grep: Option<String>,
+    /// Lines naming this trace id.
+    #[serde(default)]
+    trace: Option<String>,
 }
 
 /// Newline-delimited JSON `LogLine`s; with `follow` the stream stays open for new lines.
@@ -510,13 +516,27 @@ async fn logs(
     };
     // Subscribe before reading history so no line falls between the two.
     let mut live = ctx.runtime.logs().subscribe();
-    let history = ctx.runtime.logs().read(
-        &name,
-        q.component.as_deref(),
-        q.instance.as_deref(),
+    if q.grep.as_ref().is_some_and(|g| g.is_empty() || g.len() > 1024) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "grep must be 1 to 1024 bytes of text"));
+    }
+    let trace_id = match &q.trace {
+        Some(t) => Some(yun_runtime::trace_id_of(&format!("trace_id={t}")).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("invalid trace id \"{t}\": expected 32 hex digits"),
+            )
+        })?),
+        None => None,
+    };
+    let query = yun_runtime::LogQuery {
+        component: q.component.clone(),
+        instance: q.instance.clone(),
         since,
-        q.tail.unwrap_or(10_000),
-    );
+        grep: q.grep.clone(),
+        trace_id,
+        tail: q.tail.unwrap_or(10_000),
+    };
+    let history = ctx.runtime.logs().read(&name, &query);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(256);
     let last_time = history.last().map(|l| l.time.clone());
     tokio::spawn(async move {
@@ -532,8 +552,7 @@ async fn logs(
             match live.recv().await {
                 Ok(line) => {
                     let matches = line.app == name
-                        && q.component.as_deref().is_none_or(|c| c == line.component)
-                        && q.instance.as_deref().is_none_or(|i| i == line.instance)
+                        && query.matches(&line)
                         && last_time.as_deref().is_none_or(|t| line.time.as_str() > t);
                     if matches && tx.send(Ok(ndjson(&line))).await.is_err() {
                         return;

@@ -13,6 +13,8 @@
 //! - `GET /call/VAR/PATH` → calls `$VAR` (a service URL such as `$CATALOGUE_URL`) + `/PATH`,
 //!   passing `traceparent` and `tracestate` on as an instrumented service would, and answers
 //!   with the callee's status and body
+//! - `GET /log/TEXT` → prints a JSON log line `{"msg": TEXT, "traceparent": …}` to stdout, as a
+//!   service that logs with its trace context would
 //! - `POST /exit` → the process exits with code 3
 //! - `POST /break` → from now on every request but `/healthz` and `/count` answers 500
 //! - `POST /fix` → undoes `/break`
@@ -207,6 +209,11 @@ async fn serve(mut req: Request<Incoming>, state: &State) -> Response<Body> {
         }
         ("GET", p) if p.starts_with("/env/") => text(200, env(&p[5..])),
         ("GET", p) if p.starts_with("/call/") => call(&p[6..], req.headers()).await,
+        ("GET", p) if p.starts_with("/log/") => {
+            let traceparent = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("");
+            println!("{}", serde_json::json!({"msg": &p[5..], "traceparent": traceparent}));
+            text(200, "logged")
+        }
         ("GET", p) if p.starts_with("/header/") => {
             let value = req.headers().get(&p[8..]).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
             text(200, value)

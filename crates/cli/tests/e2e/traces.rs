@@ -331,3 +331,41 @@ fn with_tracing_off_the_data_plane_makes_no_spans_and_leaves_headers_alone() {
     assert_eq!(seen, tp);
     assert_eq!(d.json(&["traces", "quiet"])["traces"], json!([]));
 }
+
+#[test]
+fn log_lines_link_to_their_traces_and_can_be_searched() {
+    let d = Daemon::start();
+    d.apply("t.yaml", &two_services("logged"));
+    d.wait_phase("logged", "running", 30);
+    let gw = d.gateway_addr();
+    let trace_id = "9a3b1f2e4d5c6b7a8f9e0d1c2b3a4f5e";
+    let tp = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    assert_eq!(Http::new(&gw).request("GET", "/log/order-paid", &[("traceparent", &tp)], "").unwrap().0, 200);
+    assert_eq!(Http::new(&gw).get("/log/order-failed").unwrap().0, 200);
+    let lines = |args: &[&str]| -> Vec<Value> {
+        let mut all = vec!["logs", "logged"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-o", "json"]);
+        let out = d.yun_ok(&all);
+        out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    };
+    let paid = eventually(10, "the paid line is stored", || {
+        let found = lines(&["--grep", "order-paid"]);
+        (!found.is_empty()).then_some(found)
+    });
+    assert_eq!(paid.len(), 1, "{paid:?}");
+    assert_eq!(paid[0]["trace_id"], trace_id, "a JSON line's traceparent links it to the trace");
+    assert_eq!(paid[0]["component"], "front");
+    let by_trace = lines(&["--trace", &trace_id.to_uppercase()]);
+    assert_eq!(by_trace.len(), 1, "{by_trace:?}");
+    assert!(by_trace[0]["line"].as_str().unwrap().contains("order-paid"));
+    // The other line has its own trace (started by the data plane), not this one.
+    let failed = lines(&["--grep", "order-failed"]);
+    assert_eq!(failed.len(), 1);
+    assert_ne!(failed[0]["trace_id"], trace_id);
+    assert!(lines(&["--grep", "no-such-text"]).is_empty());
+    // Bad filters are refused with a reason.
+    let out = d.yun(&["logs", "logged", "--trace", "not-a-trace"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid trace id"), "{out:?}");
+}
