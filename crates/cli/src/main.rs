@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
 use client::Client;
-use output::{Format, print_trace, print_traces, s, structured, table, time};
+use output::{Format, print_top, print_trace, print_traces, s, structured, table, time, top_rows};
 
 /// Yun (云): a cloud-native application platform in one binary. Declare an app as a KubeVela
 /// Application; Yun runs it, keeps it at its declared state and versions every change.
@@ -192,6 +192,17 @@ enum Command {
         /// At most this many traces.
         #[arg(long, default_value_t = 20)]
         limit: usize,
+    },
+    /// Live golden signals per component: request rate, errors, latency, instances, CPU, memory.
+    Top {
+        /// Application.
+        app: String,
+        /// Print once and exit (for scripts).
+        #[arg(long)]
+        once: bool,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 2)]
+        interval: u64,
     },
     /// Show one trace as a tree of spans.
     Trace {
@@ -451,6 +462,28 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let out = c.get(&q).await?;
             if !structured(fmt, &out)? {
                 print_traces(&out);
+            }
+        }
+        Command::Top { app, once, interval } => {
+            let c = Client::connect(&home).await?;
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            loop {
+                let status = c.get(&format!("/api/v1/apps/{}", enc(&app))).await?;
+                let series = c.get(&format!("/api/v1/apps/{}/metrics?window=1m", enc(&app))).await?;
+                let rows = top_rows(&status, &series);
+                if once || !tty {
+                    if !structured(fmt, &json!({"components": rows}))? {
+                        print_top(&app, &rows);
+                    }
+                    if once {
+                        break;
+                    }
+                } else {
+                    // Clear the screen and draw again.
+                    print!("\x1b[2J\x1b[H");
+                    print_top(&app, &rows);
+                }
+                tokio::time::sleep(Duration::from_secs(interval.max(1))).await;
             }
         }
         Command::Trace { id } => {

@@ -166,3 +166,51 @@ pub fn print_trace(out: &Value) {
     }
     walk(&spans, None, 0, start, &ids);
 }
+
+/// One row of `yun top` per component: the latest point of its series and its instances.
+pub fn top_rows(status: &Value, series: &Value) -> Vec<Value> {
+    let last = |v: &Value| v.as_array().and_then(|a| a.last()).cloned().unwrap_or(Value::Null);
+    status["components"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let name = s(c, "name");
+            let traffic = last(&series["components"][&name]);
+            let usage = last(&series["usage"][&name]);
+            serde_json::json!({
+                "component": name,
+                "ready": c["ready"],
+                "desired": c["desired"],
+                "rps": traffic["rps"].as_f64().unwrap_or(0.0),
+                "error_ratio": traffic["error_ratio"].as_f64().unwrap_or(0.0),
+                "p50_ms": traffic["p50_ms"],
+                "p99_ms": traffic["p99_ms"],
+                "cpu_percent": usage["cpu_percent"].as_f64().unwrap_or(0.0),
+                "rss_bytes": usage["rss_bytes"].as_u64().unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+/// `yun top`'s table.
+pub fn print_top(app: &str, rows: &[Value]) {
+    let ms = |v: &Value| v.as_f64().map(|x| format!("{x:.1}ms")).unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                s(r, "component"),
+                format!("{}/{}", r["ready"], r["desired"]),
+                format!("{:.1}", r["rps"].as_f64().unwrap_or(0.0)),
+                format!("{:.1}%", r["error_ratio"].as_f64().unwrap_or(0.0) * 100.0),
+                ms(&r["p50_ms"]),
+                ms(&r["p99_ms"]),
+                format!("{:.1}%", r["cpu_percent"].as_f64().unwrap_or(0.0)),
+                format!("{:.1} MiB", r["rss_bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0),
+            ]
+        })
+        .collect();
+    println!("{app} — last 5 s of each component");
+    table(&["COMPONENT", "READY", "REQ/S", "ERRORS", "P50", "P99", "CPU", "MEMORY"], &rows);
+}

@@ -23,6 +23,7 @@ use yun_telemetry::{Span, SpanId, SpanKind, TraceContext, TraceId, TraceStore, V
 use crate::endpoints::{Balancer, Endpoints, Lease};
 use crate::metrics::{ComponentLabels, InstanceLabels, Metrics, RejectLabels, RouteLabels, RouteSeries};
 use crate::policy::{Admit, Breaker, Guard, Policies, Ticket, route_matches};
+use crate::traffic::EdgeCounters;
 use crate::upstream::{Http1Pool, SendError};
 use crate::{EXTERNAL, HOP_HEADER, NO_ENDPOINT_WAIT, PortConfig};
 
@@ -53,6 +54,8 @@ pub(crate) struct Proxy {
     metrics: Arc<Metrics>,
     in_flight: prometheus_client::metrics::gauge::Gauge,
     series: RwLock<std::collections::HashMap<String, Arc<RouteSeries>>>,
+    /// Traffic counters by caller.
+    edges: RwLock<std::collections::HashMap<String, Arc<EdgeCounters>>>,
     endpoints: Arc<Endpoints>,
     active: Arc<RwLock<Arc<Active>>>,
     http1: Arc<Http1Pool>,
@@ -263,6 +266,7 @@ impl Proxy {
             metrics,
             in_flight,
             series: Default::default(),
+            edges: Default::default(),
             endpoints,
             active,
             http1,
@@ -289,6 +293,18 @@ impl Proxy {
             m.insert(route.to_string(), s.clone());
         }
         s
+    }
+
+    /// The traffic counters of calls from `source`.
+    fn edge(&self, source: &str) -> Arc<EdgeCounters> {
+        if let Some(e) = self.edges.read().ok().and_then(|m| m.get(source).cloned()) {
+            return e;
+        }
+        let e = self.metrics.traffic.edge(source, &self.app, &self.component);
+        if let Ok(mut m) = self.edges.write() {
+            m.insert(source.to_string(), e.clone());
+        }
+        e
     }
 
     /// Handles one request from `client`.
@@ -343,7 +359,9 @@ impl Proxy {
             (None, None) => self.guarded(req, client, &active, &guard, &mut outcome).await,
         };
         let series = self.series(&guard.name);
-        series.duration.observe(start.elapsed().as_secs_f64());
+        let elapsed = start.elapsed().as_secs_f64();
+        series.duration.observe(elapsed);
+        self.edge(source).observe(elapsed, resp.status().is_server_error());
         if outcome.retries > 0 {
             series.retries.inc_by(outcome.retries.into());
         }

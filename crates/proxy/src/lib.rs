@@ -12,6 +12,7 @@ mod forward;
 mod gateway;
 mod metrics;
 mod policy;
+mod traffic;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ pub use caller::{Callers, EXTERNAL, HOP_HEADER};
 pub use endpoints::{BASE_EJECTION, Balancer, EJECT_AFTER_FAILURES, Endpoints, Lease, MAX_EJECTION};
 pub use gateway::{Gateway, GatewayRoute, ServiceHandle};
 pub use metrics::Metrics;
+pub use traffic::{Edge, EdgeSnapshot, LATENCY_BOUNDS, TrafficStats};
 
 /// How long a request waits for a ready instance before it gets 503.
 pub const NO_ENDPOINT_WAIT: Duration = Duration::from_secs(30);

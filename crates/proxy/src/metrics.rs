@@ -68,6 +68,8 @@ pub struct Metrics {
     pub(crate) ejections: Family<InstanceLabels, Counter>,
     /// Where each hop's span goes; no spans are made without it.
     pub(crate) traces: Option<std::sync::Arc<yun_telemetry::TraceStore>>,
+    /// Cumulative traffic per caller → component edge.
+    pub(crate) traffic: crate::traffic::TrafficStats,
 }
 
 fn latency_histogram() -> Histogram {
@@ -87,6 +89,7 @@ impl Metrics {
             rejections: Family::default(),
             ejections: Family::default(),
             traces: None,
+            traffic: Default::default(),
         };
         let r = registry.sub_registry_with_prefix("yun_proxy");
         r.register(
@@ -109,6 +112,11 @@ impl Metrics {
         r.register("rejections", "Requests refused by a policy", m.rejections.clone());
         r.register("ejections", "Instances ejected after consecutive failures", m.ejections.clone());
         m
+    }
+
+    /// Traffic per edge, for the daemon's short-term store and topology.
+    pub fn traffic(&self) -> &crate::traffic::TrafficStats {
+        &self.traffic
     }
 
     /// Records a span for every request through the data plane into `traces`, and passes

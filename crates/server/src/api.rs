@@ -66,6 +66,7 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
         .route("/api/v1/apps/{name}/scale", post(scale))
         .route("/api/v1/apps/{name}/stop", post(stop))
         .route("/api/v1/apps/{name}/logs", get(logs))
+        .route("/api/v1/apps/{name}/metrics", get(app_metrics))
         .route("/api/v1/events", get(events))
         .route("/api/v1/traces", get(crate::telemetry::search))
         .route("/api/v1/traces/{id}", get(crate::telemetry::trace))
@@ -590,6 +591,58 @@ pub(crate) fn parse_since(s: &str) -> Option<jiff::Timestamp> {
         _ => return None,
     };
     jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_secs(secs)).ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsQuery {
+    /// How far back: 30s, 15m, 1h (the default and the most kept).
+    #[serde(default)]
+    window: Option<String>,
+}
+
+/// Golden signals per component and per caller → component edge, and resource use per
+/// component, one point per step, from the short-term store.
+async fn app_metrics(
+    State(ctx): Shared,
+    Path(name): Path<String>,
+    Query(q): Query<MetricsQuery>,
+) -> ApiResult {
+    if ctx.store.app(&name)?.is_none() {
+        return Err(yun_store::Error::AppNotFound(name).into());
+    }
+    let bad = |w: &str| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("invalid window \"{w}\": use a duration like 15m"))
+    };
+    let from = match &q.window {
+        Some(w) if w.contains('T') => return Err(bad(w)),
+        Some(w) => parse_since(w).ok_or_else(|| bad(w))?,
+        None => jiff::Timestamp::now() - jiff::SignedDuration::from_secs(3600),
+    };
+    let from = from.as_second().max(0) as u64;
+    let recent = |points: Vec<yun_telemetry::series::Point>| -> Vec<yun_telemetry::series::Point> {
+        points.into_iter().filter(|p| p.t > from).collect()
+    };
+    let components: serde_json::Map<String, Value> =
+        ctx.series.components(&name).into_iter().map(|(c, p)| (c, json!(recent(p)))).collect();
+    let usage: serde_json::Map<String, Value> = ctx
+        .series
+        .usage(&name)
+        .into_iter()
+        .map(|(c, p)| (c, json!(p.into_iter().filter(|p| p.t > from).collect::<Vec<_>>())))
+        .collect();
+    let edges: Vec<Value> = ctx
+        .series
+        .edges(&name)
+        .into_iter()
+        .map(|(source, target, p)| json!({"source": source, "target": target, "points": recent(p)}))
+        .collect();
+    Ok(Json(json!({
+        "stepSeconds": yun_telemetry::series::STEP.as_secs(),
+        "components": components,
+        "edges": edges,
+        "usage": usage,
+    })))
 }
 
 #[derive(Deserialize)]

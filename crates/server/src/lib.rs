@@ -124,6 +124,7 @@ pub(crate) struct Ctx {
     pub registry: prometheus_client::registry::Registry,
     pub gateway: Option<SocketAddr>,
     pub traces: Arc<yun_telemetry::TraceStore>,
+    pub series: Arc<yun_telemetry::MetricsStore>,
 }
 
 /// Runs the daemon until `shutdown` resolves, then stops all instances gracefully.
@@ -209,9 +210,10 @@ pub async fn run(
     };
     let gateway_addr = gateway.as_ref().map(|g| g.addr());
     let gateway_tls = gateway.as_ref().and_then(|g| g.tls_addr());
-    let (runtime, reaped) = LocalRuntime::start(home, events_tx, proxy_metrics, gateway, instance_env)
-        .await
-        .map_err(ServerError::Runtime)?;
+    let (runtime, reaped) =
+        LocalRuntime::start(home, events_tx, proxy_metrics.clone(), gateway, instance_env)
+            .await
+            .map_err(ServerError::Runtime)?;
     if reaped > 0 {
         let _ = store.record(NewEvent {
             app: None,
@@ -233,7 +235,9 @@ pub async fn run(
         registry,
         gateway: gateway_addr,
         traces,
+        series: Arc::new(yun_telemetry::MetricsStore::new(&yun_proxy::LATENCY_BOUNDS)),
     });
+    tokio::spawn(runtime_metrics::sample(ctx.clone(), proxy_metrics));
 
     // Runtime events go to the event log.
     let ev_ctx = ctx.clone();

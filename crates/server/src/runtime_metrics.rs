@@ -76,6 +76,61 @@ fn parse_stat(stat: &str) -> Option<(u32, u64, u64)> {
     Some((pgrp, utime + stime, rss.max(0) as u64))
 }
 
+/// Feeds the short-term metrics store every step, for as long as the daemon runs.
+pub(crate) async fn sample(ctx: std::sync::Arc<crate::Ctx>, proxy: std::sync::Arc<yun_proxy::Metrics>) {
+    use yun_telemetry::series::{STEP, TrafficSample, UsageSample};
+    let mut tick = tokio::time::interval(STEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut last = std::time::Instant::now();
+    loop {
+        tick.tick().await;
+        let elapsed = last.elapsed();
+        last = std::time::Instant::now();
+        let traffic: Vec<TrafficSample> = proxy
+            .traffic()
+            .snapshot()
+            .into_iter()
+            .map(|s| TrafficSample {
+                source: s.edge.source,
+                app: s.edge.app,
+                component: s.edge.component,
+                requests: s.requests,
+                errors: s.errors,
+                buckets: s.buckets,
+            })
+            .collect();
+        // Reading /proc for every process takes a few milliseconds: off the workers.
+        let runtime = ctx.runtime.clone();
+        let usage = tokio::task::spawn_blocking(move || {
+            let groups = process_groups();
+            let mut out = Vec::new();
+            for app in runtime.apps() {
+                for c in runtime.status(&app).unwrap_or_default() {
+                    let (cpu, rss) = c
+                        .instances
+                        .iter()
+                        .filter_map(|i| i.pid.and_then(|p| groups.get(&p)))
+                        .fold((0.0, 0), |(cpu, rss), u| (cpu + u.cpu_seconds, rss + u.rss_bytes));
+                    out.push(UsageSample {
+                        app: app.clone(),
+                        component: c.name.clone(),
+                        cpu_seconds: cpu,
+                        rss_bytes: rss,
+                        ready: c.ready,
+                        desired: c.desired,
+                    });
+                }
+            }
+            out
+        })
+        .await
+        .unwrap_or_default();
+        let now = jiff::Timestamp::now().as_second().max(0) as u64;
+        ctx.series.record(now, elapsed, &traffic, &usage);
+    }
+}
+
 impl prometheus_client::collector::Collector for RuntimeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let apps: Vec<(String, Vec<yun_runtime::ComponentStatus>)> = self

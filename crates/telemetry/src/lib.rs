@@ -8,6 +8,7 @@
 
 pub mod context;
 pub mod otlp;
+pub mod series;
 mod store;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 pub use context::{SpanId, TraceContext, TraceId};
+pub use series::MetricsStore;
 pub use store::{Limits, Sampling, TraceQuery, TraceStore, TraceSummary};
 
 /// The longest attribute value kept; longer ones are cut (and marked with "…").

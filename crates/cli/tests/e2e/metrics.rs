@@ -145,3 +145,89 @@ fn a_real_prometheus_scrapes_the_daemon() {
         std::panic::resume_unwind(e);
     }
 }
+
+#[test]
+fn the_short_term_store_charts_components_edges_and_usage() {
+    let d = Daemon::start();
+    let (front, back) = (free_port(), free_port());
+    let manifest = format!(
+        r#"apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: charted
+spec:
+  components:
+    - name: front
+      type: webservice
+      properties:
+        cmd: ["{TESTSVC}"]
+        port: {front}
+    - name: back
+      type: webservice
+      properties:
+        cmd: ["{TESTSVC}"]
+        port: {back}
+"#
+    );
+    d.apply("charted.yaml", &manifest);
+    d.wait_phase("charted", "running", 30);
+    // Steady traffic external → front → back while the store is read.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut http = Http::new(&format!("127.0.0.1:{front}"));
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = http.get("/call/YUN_SVC_BACK_URL/");
+                let _ = http.get("/status/500");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        })
+    };
+    let token = format!("Bearer {}", d.token());
+    let series = eventually(20, "the store has points for both components and both edges", || {
+        let (code, body) = Http::new(&d.api_addr())
+            .request("GET", "/api/v1/apps/charted/metrics?window=5m", &[("authorization", &token)], "")
+            .ok()?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let has_traffic = |c: &str| {
+            v["components"][c].as_array().is_some_and(|p| p.iter().any(|p| p["rps"].as_f64() > Some(0.0)))
+        };
+        let edges = v["edges"].as_array()?;
+        let edge = |s: &str, t: &str| edges.iter().any(|e| e["source"] == s && e["target"] == t);
+        (code == 200
+            && has_traffic("front")
+            && has_traffic("back")
+            && edge("external", "front")
+            && edge("charted/front", "back"))
+        .then_some(v)
+    });
+    let front_points = series["components"]["front"].as_array().unwrap();
+    let busy = front_points.iter().rfind(|p| p["rps"].as_f64() > Some(0.0)).unwrap();
+    // Half of front's requests are /status/500.
+    let errors = busy["error_ratio"].as_f64().unwrap();
+    assert!((0.2..0.8).contains(&errors), "{busy}");
+    assert!(busy["p99_ms"].as_f64().unwrap() >= busy["p50_ms"].as_f64().unwrap());
+    let usage = series["usage"]["front"].as_array().unwrap().last().unwrap().clone();
+    assert!(usage["rss_bytes"].as_u64().unwrap() > 100_000, "{usage}");
+    assert_eq!(usage["ready"], 1);
+
+    let top = d.json(&["top", "charted", "--once"]);
+    let rows = top["components"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{top}");
+    assert!(rows.iter().any(|r| r["component"] == "front" && r["rps"].as_f64() > Some(0.0)), "{top}");
+    let text = d.yun_ok(&["top", "charted", "--once"]);
+    assert!(text.contains("COMPONENT") && text.contains("front") && text.contains("back"), "{text}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join().unwrap();
+
+    // Bad input.
+    let (code, body) = Http::new(&d.api_addr())
+        .request("GET", "/api/v1/apps/charted/metrics?window=forever", &[("authorization", &token)], "")
+        .unwrap();
+    assert_eq!(code, 400, "{body}");
+    let (code, _) = Http::new(&d.api_addr())
+        .request("GET", "/api/v1/apps/nope/metrics", &[("authorization", &token)], "")
+        .unwrap();
+    assert_eq!(code, 404);
+}
