@@ -38,7 +38,7 @@ pub struct Endpoint {
     /// `addr` as a URI authority, parsed once.
     pub authority: hyper::http::uri::Authority,
     /// Instance id, for metrics.
-    pub id: String,
+    pub id: Arc<str>,
     in_flight: AtomicUsize,
     stats: Mutex<Stats>,
     consecutive_failures: AtomicU32,
@@ -59,7 +59,7 @@ impl Endpoint {
             // A socket address always forms a valid authority.
             authority: hyper::http::uri::Authority::try_from(addr.to_string().as_str())
                 .unwrap_or_else(|_| hyper::http::uri::Authority::from_static("127.0.0.1")),
-            id,
+            id: id.into(),
             in_flight: AtomicUsize::new(0),
             stats: Mutex::new(Stats { rtt, updated: Instant::now(), ejected_until: None, ejections: 0 }),
             consecutive_failures: AtomicU32::new(0),
@@ -111,6 +111,11 @@ impl Lease {
     /// The chosen instance's id.
     pub fn instance(&self) -> &str {
         &self.endpoint.id
+    }
+
+    /// The chosen instance's id, shared.
+    pub fn instance_id(&self) -> Arc<str> {
+        self.endpoint.id.clone()
     }
 
     /// Records how the request went, for balancing and ejection. Returns true when this

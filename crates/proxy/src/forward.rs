@@ -17,8 +17,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use std::borrow::Cow;
 use yun_model::{LoadBalancer, RetryOn};
-use yun_telemetry::{Span, SpanId, SpanKind, TraceContext, TraceId, TraceStore, Value};
+use yun_telemetry::context::traceparent;
+use yun_telemetry::{SpanId, TraceContext, TraceId, TraceStore};
 
 use crate::endpoints::{Balancer, Endpoints, Lease};
 use crate::metrics::{ComponentLabels, InstanceLabels, Metrics, RejectLabels, RouteLabels, RouteSeries};
@@ -49,8 +51,8 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 pub(crate) struct Proxy {
-    app: String,
-    component: String,
+    app: Arc<str>,
+    component: Arc<str>,
     metrics: Arc<Metrics>,
     in_flight: prometheus_client::metrics::gauge::Gauge,
     series: RwLock<std::collections::HashMap<String, Arc<RouteSeries>>>,
@@ -165,7 +167,7 @@ impl Downstream {
 /// retries made and why the request failed, if it did.
 #[derive(Default)]
 struct Outcome {
-    instance: Option<String>,
+    instance: Option<Arc<str>>,
     retries: u32,
     failure: Option<String>,
 }
@@ -196,12 +198,11 @@ impl Hop {
                 (id, None, traces.sample_new(&id), String::new())
             }
         };
-        let out = TraceContext { trace_id, parent_id: span_id, sampled, tracestate };
-        if let Ok(v) = HeaderValue::from_str(&out.traceparent()) {
+        if let Ok(v) = HeaderValue::from_bytes(&traceparent(trace_id, span_id, sampled)) {
             headers.insert(TRACEPARENT, v);
         }
-        match HeaderValue::from_str(&out.tracestate) {
-            Ok(v) if !out.tracestate.is_empty() => {
+        match HeaderValue::from_str(&tracestate) {
+            Ok(v) if !tracestate.is_empty() => {
                 headers.insert(TRACESTATE, v);
             }
             _ => {
@@ -261,8 +262,8 @@ impl Proxy {
             .get_or_create(&ComponentLabels { app: app.clone(), component: component.clone() })
             .clone();
         Proxy {
-            app,
-            component,
+            app: app.into(),
+            component: component.into(),
             metrics,
             in_flight,
             series: Default::default(),
@@ -284,8 +285,8 @@ impl Proxy {
             return s;
         }
         let labels = RouteLabels {
-            app: self.app.clone(),
-            component: self.component.clone(),
+            app: self.app.to_string(),
+            component: self.component.to_string(),
             route: route.to_string(),
         };
         let s = Arc::new(self.metrics.route(labels));
@@ -315,19 +316,21 @@ impl Proxy {
         let vouched =
             !hop.is_empty() && req.headers().get(HOP_HEADER).is_some_and(|v| v.as_bytes() == hop.as_bytes());
         req.headers_mut().remove(HOP_HEADER);
-        let claimed = req.headers().get("x-yun-caller").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let source = match (vouched, claimed) {
-            (true, Some(c)) => c,
-            _ => client.source.to_string(),
+        let claimed = req.headers().get("x-yun-caller").and_then(|v| v.to_str().ok());
+        let source_id: Arc<str> = match (vouched, claimed) {
+            (true, Some(c)) => c.into(),
+            _ => client.source.clone(),
         };
-        let source = source.as_str();
+        let source = &*source_id;
         req.headers_mut().remove("x-yun-caller");
         if let Ok(v) = HeaderValue::from_str(source) {
             req.headers_mut().insert("x-yun-caller", v);
         }
         let hop_trace = self.metrics.traces.as_ref().map(|t| Hop::begin(t, req.headers_mut()));
         let (method, path) = match hop_trace {
-            Some(_) => (req.method().clone(), req.uri().path().to_string()),
+            Some(_) => {
+                (req.method().clone(), cut(req.uri().path(), yun_telemetry::MAX_ATTRIBUTE_LEN).to_string())
+            }
             None => (hyper::Method::GET, String::new()),
         };
         self.in_flight.inc();
@@ -350,7 +353,7 @@ impl Proxy {
                 Some("fault"),
             ),
             (None, Some((component, addr))) => {
-                outcome.instance = Some(format!("split:{component}"));
+                outcome.instance = Some(format!("split:{component}").into());
                 if let Ok(v) = HeaderValue::from_str(hop) {
                     req.headers_mut().insert(HOP_HEADER, v);
                 }
@@ -367,9 +370,9 @@ impl Proxy {
         }
         if let Some(policy) = resp.headers().get("x-yun-policy").and_then(|v| v.to_str().ok()) {
             let reject = RejectLabels {
-                app: self.app.clone(),
-                component: self.component.clone(),
-                route: guard.name.clone(),
+                app: self.app.to_string(),
+                component: self.component.to_string(),
+                route: guard.name.to_string(),
                 policy: policy.to_string(),
             };
             self.metrics.rejections.get_or_create(&reject).inc();
@@ -380,69 +383,53 @@ impl Proxy {
         series.requests(source, outcome.instance.as_deref().unwrap_or("none"), resp.status().as_u16()).inc();
         let mut resp = resp;
         if let (Some(hop), Some(traces)) = (hop_trace, &self.metrics.traces) {
-            let span = self.span(hop, &method, &path, &guard.name, source, &outcome, &resp);
-            let context = TraceContext {
-                trace_id: span.trace_id,
-                parent_id: span.span_id,
-                sampled: hop.sampled,
-                tracestate: String::new(),
-            };
-            if let Ok(v) = HeaderValue::from_str(&context.traceparent()) {
+            if let Ok(v) = HeaderValue::from_bytes(&traceparent(hop.trace_id, hop.span_id, hop.sampled)) {
                 resp.headers_mut().insert(TRACERESPONSE, v);
             }
-            traces.record(span, hop.sampled);
+            let record = self.hop(hop, &method, &path, &guard.name, &source_id, outcome, &resp);
+            traces.record_hop(record, hop.sampled);
         }
         resp
     }
 
-    /// The span of one request through this hop.
+    /// The record of one request through this hop.
     #[allow(clippy::too_many_arguments)]
-    fn span(
+    fn hop(
         &self,
         hop: Hop,
         method: &hyper::Method,
         path: &str,
-        route: &str,
-        source: &str,
-        outcome: &Outcome,
+        route: &Arc<str>,
+        source: &Arc<str>,
+        outcome: Outcome,
         resp: &Response<Body>,
-    ) -> Span {
-        let status = resp.status().as_u16();
-        let policy = resp.headers().get("x-yun-policy").and_then(|v| v.to_str().ok());
-        let mut attributes = std::collections::BTreeMap::new();
-        attributes.insert("http.request.method".to_string(), Value::from(method.as_str()));
-        attributes.insert("url.path".to_string(), Value::from(path));
-        attributes.insert("http.response.status_code".to_string(), Value::Int(status.into()));
-        attributes.insert("yun.route".to_string(), Value::from(route));
-        attributes.insert("yun.source".to_string(), Value::from(source));
-        if let Some(instance) = &outcome.instance {
-            attributes.insert("yun.instance".to_string(), Value::from(instance.as_str()));
-        }
-        if outcome.retries > 0 {
-            attributes.insert("yun.retries".to_string(), Value::Int(outcome.retries.into()));
-        }
-        if let Some(p) = policy {
-            attributes.insert("yun.policy".to_string(), Value::from(p));
-        }
-        let status_message = match (&outcome.failure, policy) {
-            (Some(f), _) => f.clone(),
-            (None, Some(p)) => format!("refused by policy {p}"),
-            (None, None) if status >= 500 => format!("HTTP {status}"),
-            _ => String::new(),
-        };
-        Span {
+    ) -> yun_telemetry::Hop {
+        let policy = resp.headers().get("x-yun-policy").and_then(|v| v.to_str().ok()).map(|p| {
+            match ["rateLimit", "concurrency", "circuitBreaker", "timeout", "fault"]
+                .into_iter()
+                .find(|k| *k == p)
+            {
+                Some(k) => Cow::Borrowed(k),
+                None => Cow::Owned(p.to_string()),
+            }
+        });
+        yun_telemetry::Hop {
             trace_id: hop.trace_id,
             span_id: hop.span_id,
             parent_id: hop.parent,
             app: self.app.clone(),
-            service: self.component.clone(),
-            name: format!("{method} {path}"),
-            kind: SpanKind::Server,
+            component: self.component.clone(),
+            method: static_method(method),
+            path: cut(path, yun_telemetry::MAX_ATTRIBUTE_LEN).into(),
+            status: resp.status().as_u16(),
+            route: route.clone(),
+            source: source.clone(),
+            instance: outcome.instance,
+            retries: outcome.retries,
+            policy,
+            failure: outcome.failure.map(|f| cut(&f, yun_telemetry::MAX_ATTRIBUTE_LEN).into()),
             start_unix_nanos: hop.start_unix_nanos,
             end_unix_nanos: yun_telemetry::now_unix_nanos(),
-            error: status >= 500,
-            status_message,
-            attributes,
         }
     }
 
@@ -627,7 +614,7 @@ impl Proxy {
             };
             let addr = lease.addr();
             tried.push(addr);
-            outcome.instance = Some(lease.instance().to_string());
+            outcome.instance = Some(lease.instance_id());
             outcome.retries = retried;
             let body = match (&buffered, streaming.take()) {
                 (Some(b), _) => Full::new(b.clone()).map_err(|n| match n {}).boxed(),
@@ -821,8 +808,8 @@ impl Proxy {
         if lease.record(success) {
             tracing::warn!(component = %self.component, instance = %lease.instance(), "Instance ejected after consecutive failures.");
             let labels = InstanceLabels {
-                app: self.app.clone(),
-                component: self.component.clone(),
+                app: self.app.to_string(),
+                component: self.component.to_string(),
                 instance: lease.instance().to_string(),
             };
             self.metrics.ejections.get_or_create(&labels).inc();
@@ -904,6 +891,36 @@ fn outgoing(
     uri.path_and_query = Some(pq);
     *out.uri_mut() = hyper::Uri::from_parts(uri).ok()?;
     Some(out)
+}
+
+/// `s` cut to at most `max` bytes on a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The standard methods without an allocation.
+fn static_method(m: &hyper::Method) -> Cow<'static, str> {
+    use hyper::Method;
+    let name = match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => return Cow::Owned(m.as_str().to_string()),
+    };
+    Cow::Borrowed(name)
 }
 
 fn bodyless(method: &hyper::Method) -> bool {

@@ -69,7 +69,7 @@ fn route_name(m: &RouteMatch) -> String {
 /// One route's policy and state.
 pub(crate) struct Guard {
     /// Route name, as in metrics: `default`, or the match (`GET /api`).
-    pub name: String,
+    pub name: Arc<str>,
     pub policy: Policy,
     pub rate: Option<RateLimiter>,
     pub bulkhead: Option<Bulkhead>,
@@ -80,7 +80,7 @@ pub(crate) struct Guard {
 impl Guard {
     fn new(name: &str, p: &Policy) -> Guard {
         Guard {
-            name: name.to_string(),
+            name: name.into(),
             policy: p.clone(),
             rate: p.rate_limit.as_ref().map(RateLimiter::new),
             bulkhead: p.concurrency.as_ref().map(Bulkhead::new),

@@ -190,8 +190,8 @@ impl Exporter {
     }
 
     /// Queues a span without waiting.
-    pub(crate) fn offer(&self, span: &yun_telemetry::Span) {
-        if self.queue.try_send(span.clone()).is_err() {
+    pub(crate) fn offer(&self, span: yun_telemetry::Span) {
+        if self.queue.try_send(span).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }

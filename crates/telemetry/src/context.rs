@@ -75,6 +75,25 @@ impl fmt::Display for SpanId {
     }
 }
 
+/// A `traceparent` value (version 00) written without the formatting machinery; the data
+/// plane makes two per request.
+pub fn traceparent(trace_id: TraceId, span_id: SpanId, sampled: bool) -> [u8; 55] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    for (i, b) in trace_id.0.iter().enumerate() {
+        out[3 + 2 * i] = HEX[(b >> 4) as usize];
+        out[4 + 2 * i] = HEX[(b & 15) as usize];
+    }
+    for (i, b) in span_id.0.iter().enumerate() {
+        out[36 + 2 * i] = HEX[(b >> 4) as usize];
+        out[37 + 2 * i] = HEX[(b & 15) as usize];
+    }
+    if sampled {
+        out[54] = b'1';
+    }
+    out
+}
+
 /// Lowercase hex only, as the specification requires.
 fn decode_hex(s: &str, out: &mut [u8]) -> Option<()> {
     let bytes = s.as_bytes();
@@ -140,7 +159,7 @@ impl TraceContext {
 
     /// The `traceparent` value (version 00).
     pub fn traceparent(&self) -> String {
-        format!("00-{}-{}-{:02x}", self.trace_id, self.parent_id, u8::from(self.sampled))
+        String::from_utf8_lossy(&traceparent(self.trace_id, self.parent_id, self.sampled)).into_owned()
     }
 }
 

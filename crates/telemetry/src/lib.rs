@@ -11,7 +11,9 @@ pub mod otlp;
 pub mod series;
 mod store;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -120,14 +122,109 @@ impl Span {
         }
     }
 
-    /// Roughly how many bytes the span holds, for the store's memory budget.
+    /// Roughly how many bytes the span holds in memory (allocations rounded up as an allocator
+    /// does), for the store's memory budget.
     pub fn approx_bytes(&self) -> usize {
+        // A B-tree entry and its share of a node, plus the key's and the value's allocations.
         let attrs: usize = self
             .attributes
             .iter()
-            .map(|(k, v)| 48 + k.len() + if let Value::Str(s) = v { s.len() } else { 0 })
+            .map(|(k, v)| 96 + heap(k.len()) + if let Value::Str(s) = v { heap(s.len()) } else { 0 })
             .sum();
-        160 + self.app.len() + self.service.len() + self.name.len() + self.status_message.len() + attrs
+        std::mem::size_of::<Span>()
+            + heap(self.app.len())
+            + heap(self.service.len())
+            + heap(self.name.len())
+            + heap(self.status_message.len())
+            + attrs
+    }
+}
+
+/// Bytes an allocation of `n` bytes takes: rounded to 16, plus the allocator's header.
+fn heap(n: usize) -> usize {
+    if n == 0 { 0 } else { n.next_multiple_of(16) + 16 }
+}
+
+/// One request through a data-plane hop, kept compact (the hot path makes one of these per
+/// request); it becomes a [`Span`] only when read or exported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hop {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_id: Option<SpanId>,
+    pub app: Arc<str>,
+    pub component: Arc<str>,
+    pub method: Cow<'static, str>,
+    pub path: Box<str>,
+    pub status: u16,
+    /// The `resilience` route that applied.
+    pub route: Arc<str>,
+    /// The caller: `app/component` or `external`.
+    pub source: Arc<str>,
+    /// The instance that answered.
+    pub instance: Option<Arc<str>>,
+    pub retries: u32,
+    /// The policy that refused the request.
+    pub policy: Option<Cow<'static, str>>,
+    /// Why the request failed, when the proxy could not get an answer.
+    pub failure: Option<Box<str>>,
+    pub start_unix_nanos: u64,
+    pub end_unix_nanos: u64,
+}
+
+impl Hop {
+    pub fn error(&self) -> bool {
+        self.status >= 500
+    }
+
+    pub fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Hop>()
+            + heap(self.path.len())
+            + self.failure.as_ref().map_or(0, |f| heap(f.len()))
+    }
+
+    /// The span this hop stands for.
+    pub fn to_span(&self) -> Span {
+        let mut attributes = BTreeMap::new();
+        let mut put = |k: &str, v: Value| {
+            attributes.insert(k.to_string(), v);
+        };
+        put("http.request.method", Value::from(&*self.method));
+        put("url.path", Value::from(&*self.path));
+        put("http.response.status_code", Value::Int(self.status.into()));
+        put("yun.route", Value::from(&*self.route));
+        put("yun.source", Value::from(&*self.source));
+        if let Some(i) = &self.instance {
+            put("yun.instance", Value::from(&**i));
+        }
+        if self.retries > 0 {
+            put("yun.retries", Value::Int(self.retries.into()));
+        }
+        if let Some(p) = &self.policy {
+            put("yun.policy", Value::from(&**p));
+        }
+        let status_message = match (&self.failure, &self.policy) {
+            (Some(f), _) => f.to_string(),
+            (None, Some(p)) => format!("refused by policy {p}"),
+            (None, None) if self.error() => format!("HTTP {}", self.status),
+            _ => String::new(),
+        };
+        let mut span = Span {
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            parent_id: self.parent_id,
+            app: self.app.to_string(),
+            service: self.component.to_string(),
+            name: format!("{} {}", self.method, self.path),
+            kind: SpanKind::Server,
+            start_unix_nanos: self.start_unix_nanos,
+            end_unix_nanos: self.end_unix_nanos,
+            error: self.error(),
+            status_message,
+            attributes,
+        };
+        span.sanitize();
+        span
     }
 }
 
@@ -194,5 +291,42 @@ mod tests {
         assert!(s.attributes.values().all(|v| matches!(v, Value::Str(v) if v.len() <= MAX_ATTRIBUTE_LEN)));
         assert_eq!(s.duration_nanos(), 0);
         assert!(s.approx_bytes() < 100_000);
+    }
+}
+
+#[cfg(test)]
+mod hop_tests {
+    use super::*;
+
+    #[test]
+    fn a_hop_reads_as_a_server_span() {
+        let hop = Hop {
+            trace_id: TraceId::random(),
+            span_id: SpanId::random(),
+            parent_id: None,
+            app: "shop".into(),
+            component: "web".into(),
+            method: Cow::Borrowed("GET"),
+            path: "/cart".into(),
+            status: 429,
+            route: "default".into(),
+            source: "external".into(),
+            instance: None,
+            retries: 2,
+            policy: Some(Cow::Borrowed("rateLimit")),
+            failure: None,
+            start_unix_nanos: 10,
+            end_unix_nanos: 25,
+        };
+        let s = hop.to_span();
+        assert_eq!((s.app.as_str(), s.service.as_str(), s.name.as_str()), ("shop", "web", "GET /cart"));
+        assert_eq!(s.kind, SpanKind::Server);
+        assert!(!s.error, "a 429 is a refusal, not a failure of the service");
+        assert_eq!(s.status_message, "refused by policy rateLimit");
+        assert_eq!(s.attributes["http.response.status_code"], Value::Int(429));
+        assert_eq!(s.attributes["yun.retries"], Value::Int(2));
+        assert!(!s.attributes.contains_key("yun.instance"));
+        assert_eq!(s.duration_nanos(), 15);
+        assert!(hop.approx_bytes() >= std::mem::size_of::<Hop>());
     }
 }

@@ -9,7 +9,73 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::{Span, TraceId};
+use crate::{Hop, Span, SpanId, TraceId};
+
+/// What the store holds per span: a data-plane hop stays compact until it is read.
+#[derive(Debug, Clone)]
+enum Entry {
+    Span(Span),
+    Hop(Hop),
+}
+
+impl Entry {
+    fn trace_id(&self) -> TraceId {
+        match self {
+            Entry::Span(s) => s.trace_id,
+            Entry::Hop(h) => h.trace_id,
+        }
+    }
+    fn app(&self) -> &str {
+        match self {
+            Entry::Span(s) => &s.app,
+            Entry::Hop(h) => &h.app,
+        }
+    }
+    fn service(&self) -> &str {
+        match self {
+            Entry::Span(s) => &s.service,
+            Entry::Hop(h) => &h.component,
+        }
+    }
+    fn error(&self) -> bool {
+        match self {
+            Entry::Span(s) => s.error,
+            Entry::Hop(h) => h.error(),
+        }
+    }
+    fn times(&self) -> (u64, u64) {
+        match self {
+            Entry::Span(s) => (s.start_unix_nanos, s.end_unix_nanos),
+            Entry::Hop(h) => (h.start_unix_nanos, h.end_unix_nanos),
+        }
+    }
+    fn ids(&self) -> (SpanId, Option<SpanId>) {
+        match self {
+            Entry::Span(s) => (s.span_id, s.parent_id),
+            Entry::Hop(h) => (h.span_id, h.parent_id),
+        }
+    }
+    fn name(&self) -> String {
+        match self {
+            Entry::Span(s) => s.name.clone(),
+            Entry::Hop(h) => format!("{} {}", h.method, h.path),
+        }
+    }
+    /// Bytes held: the entry's slot in its trace plus what it allocated.
+    fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Entry>()
+            + match self {
+                Entry::Span(s) => s.approx_bytes() - std::mem::size_of::<Span>(),
+                Entry::Hop(h) => h.approx_bytes() - std::mem::size_of::<Hop>(),
+            }
+    }
+    fn to_span(&self) -> Span {
+        match self {
+            Entry::Span(s) => s.clone(),
+            Entry::Hop(h) => h.to_span(),
+        }
+    }
+}
 
 /// Which traces are kept.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -89,7 +155,7 @@ pub struct StoreStats {
 
 #[derive(Default)]
 struct Trace {
-    spans: Vec<Span>,
+    spans: Vec<Entry>,
     bytes: usize,
 }
 
@@ -104,14 +170,18 @@ struct Area {
 
 impl Area {
     /// Adds a span; returns how many spans were dropped to stay within the limits.
-    fn push(&mut self, span: Span, limits_bytes: usize, per_trace: usize) -> u64 {
-        let id = span.trace_id;
+    fn push(&mut self, span: Entry, limits_bytes: usize, per_trace: usize) -> u64 {
+        let id = span.trace_id();
         let size = span.approx_bytes();
         let trace = match self.traces.get_mut(&id) {
             Some(t) => t,
             None => {
                 self.order.push_back(id);
-                self.traces.entry(id).or_default()
+                let t = self.traces.entry(id).or_default();
+                // The map entry, the order slot and the span list's header.
+                t.bytes = TRACE_OVERHEAD;
+                self.bytes += TRACE_OVERHEAD;
+                t
             }
         };
         if trace.spans.len() >= per_trace {
@@ -142,7 +212,10 @@ impl Area {
     }
 }
 
-type KeepHook = Box<dyn Fn(&Span) + Send + Sync>;
+/// Bytes a trace takes besides its spans.
+const TRACE_OVERHEAD: usize = 96;
+
+type KeepHook = Box<dyn Fn(Span) + Send + Sync>;
 
 impl std::fmt::Debug for TraceStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -171,7 +244,7 @@ impl TraceStore {
     }
 
     /// Calls `hook` with every span as it is kept (to export it); it must not block.
-    pub fn on_keep(mut self, hook: impl Fn(&Span) + Send + Sync + 'static) -> TraceStore {
+    pub fn on_keep(mut self, hook: impl Fn(Span) + Send + Sync + 'static) -> TraceStore {
         self.on_keep = Some(Box::new(hook));
         self
     }
@@ -188,11 +261,21 @@ impl TraceStore {
     /// Records a span; `sampled` is the trace's head-sampling decision.
     pub fn record(&self, mut span: Span, sampled: bool) {
         span.sanitize();
-        let slow = Duration::from_nanos(span.duration_nanos()) >= self.sampling.slow;
+        self.add(Entry::Span(span), sampled);
+    }
+
+    /// Records a data-plane hop; `sampled` is the trace's head-sampling decision.
+    pub fn record_hop(&self, hop: Hop, sampled: bool) {
+        self.add(Entry::Hop(hop), sampled);
+    }
+
+    fn add(&self, span: Entry, sampled: bool) {
+        let (start, end) = span.times();
+        let slow = Duration::from_nanos(end.saturating_sub(start)) >= self.sampling.slow;
         let Ok(mut inner) = self.inner.lock() else { return };
         let inner = &mut *inner;
-        let id = span.trace_id;
-        if inner.kept.traces.contains_key(&id) || sampled || span.error || slow {
+        let id = span.trace_id();
+        if inner.kept.traces.contains_key(&id) || sampled || span.error() || slow {
             if let Some(waiting) = inner.pending.take(&id) {
                 for s in waiting.spans {
                     self.keep(inner, s);
@@ -204,9 +287,9 @@ impl TraceStore {
         }
     }
 
-    fn keep(&self, inner: &mut Inner, span: Span) {
+    fn keep(&self, inner: &mut Inner, span: Entry) {
         if let Some(hook) = &self.on_keep {
-            hook(&span);
+            hook(span.to_span());
         }
         inner.dropped += inner.kept.push(span, self.limits.kept_bytes, self.limits.spans_per_trace);
     }
@@ -215,7 +298,7 @@ impl TraceStore {
     pub fn trace(&self, id: &TraceId) -> Option<Vec<Span>> {
         let inner = self.inner.lock().ok()?;
         let t = inner.kept.traces.get(id).or_else(|| inner.pending.traces.get(id))?;
-        let mut spans = t.spans.clone();
+        let mut spans: Vec<Span> = t.spans.iter().map(Entry::to_span).collect();
         spans.sort_by_key(|s| (s.start_unix_nanos, s.parent_id.is_some()));
         Some(spans)
     }
@@ -228,9 +311,9 @@ impl TraceStore {
             .traces
             .iter()
             .filter(|(_, t)| {
-                q.app.as_ref().is_none_or(|a| t.spans.iter().any(|s| &s.app == a))
-                    && q.service.as_ref().is_none_or(|svc| t.spans.iter().any(|s| &s.service == svc))
-                    && (!q.errors_only || t.spans.iter().any(|s| s.error))
+                q.app.as_ref().is_none_or(|a| t.spans.iter().any(|s| s.app() == a))
+                    && q.service.as_ref().is_none_or(|svc| t.spans.iter().any(|s| s.service() == svc))
+                    && (!q.errors_only || t.spans.iter().any(|s| s.error()))
             })
             .map(|(id, t)| summarize(id, &t.spans))
             .filter(|s| {
@@ -255,29 +338,31 @@ impl TraceStore {
     }
 }
 
-fn summarize(id: &TraceId, spans: &[Span]) -> TraceSummary {
-    let ids: HashSet<_> = spans.iter().map(|s| s.span_id).collect();
+fn summarize(id: &TraceId, spans: &[Entry]) -> TraceSummary {
+    let ids: HashSet<SpanId> = spans.iter().map(|s| s.ids().0).collect();
     let root = spans
         .iter()
-        .filter(|s| s.parent_id.is_none_or(|p| !ids.contains(&p)))
-        .min_by_key(|s| (s.parent_id.is_some(), s.start_unix_nanos));
-    let start = spans.iter().map(|s| s.start_unix_nanos).min().unwrap_or(0);
-    let end = spans.iter().map(|s| s.end_unix_nanos).max().unwrap_or(start);
+        .filter(|s| s.ids().1.is_none_or(|p| !ids.contains(&p)))
+        .min_by_key(|s| (s.ids().1.is_some(), s.times().0));
+    let start = spans.iter().map(|s| s.times().0).min().unwrap_or(0);
+    let end = spans.iter().map(|s| s.times().1).max().unwrap_or(start);
     let mut services: Vec<String> = spans
         .iter()
-        .map(|s| if s.app.is_empty() { s.service.clone() } else { format!("{}/{}", s.app, s.service) })
+        .map(|s| {
+            if s.app().is_empty() { s.service().to_string() } else { format!("{}/{}", s.app(), s.service()) }
+        })
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
     services.truncate(64);
     TraceSummary {
         trace_id: id.to_string(),
-        root_service: root.map(|r| r.service.clone()).unwrap_or_default(),
-        root_name: root.map(|r| r.name.clone()).unwrap_or_default(),
+        root_service: root.map(|r| r.service().to_string()).unwrap_or_default(),
+        root_name: root.map(Entry::name).unwrap_or_default(),
         start_unix_nanos: start,
         duration_nanos: end.saturating_sub(start),
         spans: spans.len(),
-        errors: spans.iter().filter(|s| s.error).count(),
+        errors: spans.iter().filter(|s| s.error()).count(),
         services,
     }
 }
