@@ -169,6 +169,10 @@ enum Command {
         /// Traces with a span at least this slow are always kept.
         #[arg(long, env = "YUN_TRACE_SLOW", default_value = "1s")]
         trace_slow: String,
+        /// Memory for kept traces, in MiB (a quarter more holds unsampled traces awaiting a
+        /// decision); the oldest traces go first.
+        #[arg(long, env = "YUN_TRACE_MEMORY", default_value_t = 16)]
+        trace_memory: usize,
         /// Send every kept span to this OTLP/HTTP endpoint (http://host:4318/v1/traces).
         #[arg(long, env = "YUN_OTLP_EXPORT")]
         otlp_export: Option<String>,
@@ -274,6 +278,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             otlp,
             trace_sample,
             trace_slow,
+            trace_memory,
             otlp_export,
         } => {
             let parse = |value: &str, what: &str| -> Result<Option<std::net::SocketAddr>> {
@@ -285,6 +290,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
             };
             let (gateway, gateway_tls) = (parse(&gateway, "gateway")?, parse(&gateway_tls, "gateway")?);
+            if !(1..=4096).contains(&trace_memory) {
+                bail!("invalid trace memory {trace_memory} MiB: use 1 to 4096");
+            }
             if !(0.0..=1.0).contains(&trace_sample) {
                 bail!("invalid trace sample {trace_sample}: use a share between 0 and 1");
             }
@@ -293,7 +301,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let tracing = yun_server::TracingConfig {
                 disabled: tracing == "off",
                 sampling: yun_telemetry::Sampling { ratio: trace_sample, slow: slow.0 },
-                limits: Default::default(),
+                limits: yun_telemetry::Limits {
+                    kept_bytes: trace_memory << 20,
+                    pending_bytes: (trace_memory << 20) / 4,
+                    ..Default::default()
+                },
                 otlp: parse(&otlp, "OTLP")?,
                 export: otlp_export,
             };

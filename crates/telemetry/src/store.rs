@@ -12,9 +12,12 @@ use serde::Serialize;
 use crate::{Hop, Span, SpanId, TraceId};
 
 /// What the store holds per span: a data-plane hop stays compact until it is read.
+// Hops are the common case and stay inline (no second allocation per request); spans from
+// services are rarer and boxed, since every slot is as big as the largest variant.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 enum Entry {
-    Span(Span),
+    Span(Box<Span>),
     Hop(Hop),
 }
 
@@ -65,13 +68,13 @@ impl Entry {
     fn approx_bytes(&self) -> usize {
         std::mem::size_of::<Entry>()
             + match self {
-                Entry::Span(s) => s.approx_bytes() - std::mem::size_of::<Span>(),
+                Entry::Span(s) => s.approx_bytes() + 16,
                 Entry::Hop(h) => h.approx_bytes() - std::mem::size_of::<Hop>(),
             }
     }
     fn to_span(&self) -> Span {
         match self {
-            Entry::Span(s) => s.clone(),
+            Entry::Span(s) => (**s).clone(),
             Entry::Hop(h) => h.to_span(),
         }
     }
@@ -106,7 +109,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { kept_bytes: 32 << 20, pending_bytes: 8 << 20, spans_per_trace: 1000 }
+        Limits { kept_bytes: 16 << 20, pending_bytes: 4 << 20, spans_per_trace: 1000 }
     }
 }
 
@@ -187,6 +190,8 @@ impl Area {
         if trace.spans.len() >= per_trace {
             return 1;
         }
+        // Most traces hold one or a few spans: grow one slot at a time rather than doubling.
+        trace.spans.reserve_exact(1);
         trace.spans.push(span);
         trace.bytes += size;
         self.bytes += size;
@@ -212,8 +217,9 @@ impl Area {
     }
 }
 
-/// Bytes a trace takes besides its spans.
-const TRACE_OVERHEAD: usize = 96;
+/// Bytes a trace takes besides its spans: its map entry and order slot (with the spare room
+/// of their growth) and its span list's allocation header.
+const TRACE_OVERHEAD: usize = 160;
 
 type KeepHook = Box<dyn Fn(Span) + Send + Sync>;
 
@@ -261,7 +267,7 @@ impl TraceStore {
     /// Records a span; `sampled` is the trace's head-sampling decision.
     pub fn record(&self, mut span: Span, sampled: bool) {
         span.sanitize();
-        self.add(Entry::Span(span), sampled);
+        self.add(Entry::Span(Box::new(span)), sampled);
     }
 
     /// Records a data-plane hop; `sampled` is the trace's head-sampling decision.
