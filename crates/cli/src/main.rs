@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
 use client::Client;
-use output::{Format, print_top, print_trace, print_traces, s, structured, table, time, top_rows};
+use output::{Format, print_slo, print_top, print_trace, print_traces, s, structured, table, time, top_rows};
 
 /// Yun (云): a cloud-native application platform in one binary. Declare an app as a KubeVela
 /// Application; Yun runs it, keeps it at its declared state and versions every change.
@@ -207,6 +207,11 @@ enum Command {
         /// Seconds between refreshes.
         #[arg(long, default_value_t = 2)]
         interval: u64,
+    },
+    /// Service level objectives of an application: compliance, error budget left, burn rates.
+    Slo {
+        /// Application.
+        app: String,
     },
     /// Show one trace as a tree of spans.
     Trace {
@@ -496,6 +501,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     print_top(&app, &rows);
                 }
                 tokio::time::sleep(Duration::from_secs(interval.max(1))).await;
+            }
+        }
+        Command::Slo { app } => {
+            let c = Client::connect(&home).await?;
+            let out = c.get(&format!("/api/v1/apps/{}/slo", enc(&app))).await?;
+            if !structured(fmt, &out)? {
+                print_slo(&out);
             }
         }
         Command::Trace { id } => {

@@ -214,3 +214,49 @@ pub fn print_top(app: &str, rows: &[Value]) {
     println!("{app} — last 5 s of each component");
     table(&["COMPONENT", "READY", "REQ/S", "ERRORS", "P50", "P99", "CPU", "MEMORY"], &rows);
 }
+
+/// `yun slo`'s table.
+pub fn print_slo(out: &Value) {
+    let rows: Vec<Vec<String>> = out["objectives"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| {
+            let objective = match o["threshold_ms"].as_f64() {
+                Some(ms) => format!("latency ≤ {ms}ms"),
+                None => s(o, "objective"),
+            };
+            let days = o["window_seconds"].as_u64().unwrap_or(0) as f64 / 86_400.0;
+            let window = if days >= 1.0 { format!("{days:.0}d") } else { format!("{:.0}h", days * 24.0) };
+            vec![
+                s(o, "component"),
+                objective,
+                format!("{}%", o["target_percent"]),
+                window,
+                o["compliance_percent"].as_f64().map(|c| format!("{c:.3}%")).unwrap_or_else(|| "-".into()),
+                format!("{:.1}%", o["budget_remaining"].as_f64().unwrap_or(1.0) * 100.0),
+                format!("{:.1}", o["burn_rate_5m"].as_f64().unwrap_or(0.0)),
+                format!("{:.1}", o["burn_rate_1h"].as_f64().unwrap_or(0.0)),
+                if o["fast_burn"].as_bool() == Some(true) { "FAST BURN".into() } else { "ok".into() },
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("no objectives: add an `slo` trait to a webservice");
+        return;
+    }
+    table(
+        &[
+            "COMPONENT",
+            "OBJECTIVE",
+            "TARGET",
+            "WINDOW",
+            "COMPLIANCE",
+            "BUDGET LEFT",
+            "BURN 5M",
+            "BURN 1H",
+            "STATUS",
+        ],
+        &rows,
+    );
+}

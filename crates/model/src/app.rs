@@ -112,6 +112,9 @@ pub struct Component {
     /// North–south routes through the daemon's gateway (from the `gateway` trait).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<crate::spec::GatewayTrait>,
+    /// Service level objectives (from the `slo` trait).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<crate::slo::Slo>,
 }
 
 impl Component {
@@ -123,6 +126,7 @@ impl Component {
         c.resilience = None;
         c.traffic = None;
         c.gateway = None;
+        c.slo = None;
         content_hash(&c)
     }
 }

@@ -8,6 +8,7 @@ mod app;
 pub mod cron;
 mod resilience;
 mod schema;
+mod slo;
 mod spec;
 mod validate;
 mod yaml;
@@ -19,6 +20,7 @@ pub use resilience::{
     TrafficMatch, TrafficRoute, revision_component,
 };
 pub use schema::application_schema;
+pub use slo::{LatencyObjective, Slo};
 pub use spec::{
     ConcurrencyPolicy, ExecAction, GatewayTls, GatewayTrait, HttpGetAction, HttpHeader, MAX_REPLICAS, Port,
     Probe, Protocol, RestartPolicy, TcpSocketAction,

@@ -32,6 +32,7 @@ pub fn application_schema() -> Value {
         ("resilience", to_value::<crate::resilience::ResilienceProperties>()),
         ("traffic", to_value::<crate::resilience::Traffic>()),
         ("gateway", to_value::<crate::spec::GatewayTrait>()),
+        ("slo", to_value::<crate::slo::Slo>()),
     ]
     .into_iter()
     .map(|(t, s)| {

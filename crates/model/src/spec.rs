@@ -11,7 +11,7 @@ pub const COMPONENT_TYPES: &[&str] = &["webservice", "worker", "task", "cron-tas
 
 /// The traits Yun runs.
 pub const TRAIT_TYPES: &[&str] =
-    &["scaler", "env", "labels", "annotations", "resilience", "traffic", "gateway"];
+    &["scaler", "env", "labels", "annotations", "resilience", "traffic", "gateway", "slo"];
 
 /// KubeVela component types that Yun recognises but does not run yet.
 pub const UNSUPPORTED_COMPONENT_TYPES: &[&str] = &[

@@ -632,6 +632,7 @@ impl Ctx<'_> {
             resilience: None,
             traffic: None,
             gateway: None,
+            slo: None,
         }
     }
 
@@ -833,6 +834,27 @@ impl Ctx<'_> {
                     } else if let Some(g) = self.typed::<crate::spec::GatewayTrait>(props, &props_path) {
                         self.check_gateway(&g, component, &props_path);
                         component.gateway = Some(g);
+                    }
+                }
+                "slo" => {
+                    if component.kind != ComponentKind::Webservice {
+                        self.error(
+                            &join(&at, "type"),
+                            format!(
+                                "\"slo\" is measured on requests to a webservice's address; a {} has none",
+                                component.kind.as_str()
+                            ),
+                        );
+                    } else if let Some(s) = self.typed::<crate::slo::Slo>(props, &props_path) {
+                        let problems = crate::slo::check_slo(&s);
+                        for (field, msg) in &problems {
+                            let path =
+                                if field.is_empty() { props_path.clone() } else { join(&props_path, field) };
+                            self.error(&path, msg.clone());
+                        }
+                        if problems.is_empty() {
+                            component.slo = Some(s);
+                        }
                     }
                 }
                 "labels" | "annotations" => {

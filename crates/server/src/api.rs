@@ -67,6 +67,7 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
         .route("/api/v1/apps/{name}/stop", post(stop))
         .route("/api/v1/apps/{name}/logs", get(logs))
         .route("/api/v1/apps/{name}/metrics", get(app_metrics))
+        .route("/api/v1/apps/{name}/slo", get(app_slo))
         .route("/api/v1/events", get(events))
         .route("/api/v1/traces", get(crate::telemetry::search))
         .route("/api/v1/traces/{id}", get(crate::telemetry::trace))
@@ -591,6 +592,16 @@ pub(crate) fn parse_since(s: &str) -> Option<jiff::Timestamp> {
         _ => return None,
     };
     jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_secs(secs)).ok()
+}
+
+/// How each service level objective of the app stands: error budget left and burn rates.
+async fn app_slo(State(ctx): Shared, Path(name): Path<String>) -> ApiResult {
+    if ctx.store.app(&name)?.is_none() {
+        return Err(yun_store::Error::AppNotFound(name).into());
+    }
+    let objectives = crate::runtime_metrics::objectives(&ctx, &name);
+    let now = jiff::Timestamp::now().as_second().max(0) as u64;
+    Ok(Json(json!({"objectives": ctx.slos.report(now, &name, &objectives)})))
 }
 
 #[derive(Deserialize)]

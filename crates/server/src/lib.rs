@@ -125,6 +125,7 @@ pub(crate) struct Ctx {
     pub gateway: Option<SocketAddr>,
     pub traces: Arc<yun_telemetry::TraceStore>,
     pub series: Arc<yun_telemetry::MetricsStore>,
+    pub slos: yun_telemetry::slo::SloTracker,
 }
 
 /// Runs the daemon until `shutdown` resolves, then stops all instances gracefully.
@@ -236,6 +237,7 @@ pub async fn run(
         gateway: gateway_addr,
         traces,
         series: Arc::new(yun_telemetry::MetricsStore::new(&yun_proxy::LATENCY_BOUNDS)),
+        slos: Default::default(),
     });
     tokio::spawn(runtime_metrics::sample(ctx.clone(), proxy_metrics));
 

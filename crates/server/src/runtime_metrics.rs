@@ -127,8 +127,65 @@ pub(crate) async fn sample(ctx: std::sync::Arc<crate::Ctx>, proxy: std::sync::Ar
         .await
         .unwrap_or_default();
         let now = jiff::Timestamp::now().as_second().max(0) as u64;
-        ctx.series.record(now, elapsed, &traffic, &usage);
+        let steps = ctx.series.record(now, elapsed, &traffic, &usage);
+        track_slos(&ctx, now, &steps);
     }
+}
+
+/// The objectives of every running app's components (from their current revision).
+pub(crate) fn objectives(ctx: &crate::Ctx, app: &str) -> Vec<(String, yun_telemetry::slo::Objective)> {
+    let Ok(Some(record)) = ctx.store.app(app) else { return Vec::new() };
+    let Ok(Some(revision)) = ctx.store.revision(app, record.current_revision) else { return Vec::new() };
+    revision
+        .spec
+        .components
+        .iter()
+        .filter_map(|c| {
+            let s = c.slo.as_ref()?;
+            Some((
+                c.name.clone(),
+                yun_telemetry::slo::Objective {
+                    availability: s.availability,
+                    latency: s.latency.as_ref().map(|l| (l.threshold.0.as_secs_f64(), l.percent)),
+                    window: s.window(),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Feeds each component's step to its objectives, and records an event when a fast burn starts.
+fn track_slos(ctx: &crate::Ctx, now: u64, steps: &[yun_telemetry::series::ComponentStep]) {
+    use yun_telemetry::slo::Step;
+    let mut live = std::collections::HashSet::new();
+    for app in ctx.runtime.apps() {
+        for (component, objective) in objectives(ctx, &app) {
+            let step = steps
+                .iter()
+                .find(|s| s.app == app && s.component == component)
+                .map(|s| Step {
+                    requests: s.requests,
+                    errors: s.errors,
+                    slow: objective.latency.map(|(t, _)| ctx.series.count_above(t, &s.buckets)).unwrap_or(0),
+                })
+                .unwrap_or_default();
+            for burn in ctx.slos.record(now, &app, &component, step, &objective) {
+                let _ = ctx.store.record(yun_store::NewEvent {
+                    app: Some(burn.app.clone()),
+                    component: Some(burn.component.clone()),
+                    warning: true,
+                    reason: "SLOFastBurn".into(),
+                    actor: "reconciler".into(),
+                    message: format!(
+                        "{} objective {}%: error budget burning {:.0}× as fast as allowed over the last hour ({:.0}× over 5 minutes)",
+                        burn.objective, burn.target_percent, burn.burn_rate_1h, burn.burn_rate_5m
+                    ),
+                });
+            }
+            live.insert((app.clone(), component));
+        }
+    }
+    ctx.slos.retain(|a, c| live.contains(&(a.to_string(), c.to_string())));
 }
 
 impl prometheus_client::collector::Collector for RuntimeCollector {

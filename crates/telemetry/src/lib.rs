@@ -9,6 +9,7 @@
 pub mod context;
 pub mod otlp;
 pub mod series;
+pub mod slo;
 mod store;
 
 use std::borrow::Cow;

@@ -41,6 +41,16 @@ pub struct UsageSample {
     pub desired: u32,
 }
 
+/// A component's traffic in one step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComponentStep {
+    pub app: String,
+    pub component: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub buckets: Vec<u64>,
+}
+
 /// Golden signals over one step.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Point {
@@ -89,9 +99,16 @@ impl MetricsStore {
     }
 
     /// Adds one step: `now` in Unix seconds, `elapsed` the time since the previous step.
-    pub fn record(&self, now: u64, elapsed: Duration, traffic: &[TrafficSample], usage: &[UsageSample]) {
+    /// Returns each component's traffic in the step (for service level objectives).
+    pub fn record(
+        &self,
+        now: u64,
+        elapsed: Duration,
+        traffic: &[TrafficSample],
+        usage: &[UsageSample],
+    ) -> Vec<ComponentStep> {
         let secs = elapsed.as_secs_f64().max(0.001);
-        let Ok(mut inner) = self.inner.lock() else { return };
+        let Ok(mut inner) = self.inner.lock() else { return Vec::new() };
         let inner = &mut *inner;
         let mut per_component: HashMap<ComponentKey, (u64, u64, Vec<u64>)> = HashMap::new();
         for s in traffic {
@@ -119,9 +136,17 @@ impl MetricsStore {
             let point = self.point(now, secs, dreq, derr, &dbuckets);
             push(&mut inner.edges, key, point, POINTS);
         }
+        let mut steps = Vec::new();
         for (key, (dreq, derr, dbuckets)) in per_component {
             let point = self.point(now, secs, dreq, derr, &dbuckets);
-            push(&mut inner.components, key, point, POINTS);
+            push(&mut inner.components, key.clone(), point, POINTS);
+            steps.push(ComponentStep {
+                app: key.0,
+                component: key.1,
+                requests: dreq,
+                errors: derr,
+                buckets: dbuckets,
+            });
         }
         for u in usage {
             let key = (u.app.clone(), u.component.clone());
@@ -144,6 +169,25 @@ impl MetricsStore {
             usage.iter().map(|u| (u.app.clone(), u.component.clone())).collect();
         inner.usage.retain(|k, _| live.contains(k));
         inner.last_cpu.retain(|k, _| live.contains(k));
+        steps
+    }
+
+    /// How many of `buckets`' requests took longer than `threshold` seconds (the bucket that
+    /// holds the threshold counts in proportion, as its requests are taken to be spread evenly).
+    pub fn count_above(&self, threshold: f64, buckets: &[u64]) -> u64 {
+        let mut above = 0.0;
+        for (i, &n) in buckets.iter().enumerate() {
+            let lower = if i == 0 { 0.0 } else { self.bounds.get(i - 1).copied().unwrap_or(f64::MAX) };
+            let upper = self.bounds.get(i).copied().unwrap_or(f64::INFINITY);
+            if lower >= threshold {
+                above += n as f64;
+            } else if upper > threshold && upper.is_finite() {
+                above += n as f64 * (upper - threshold) / (upper - lower);
+            } else if upper > threshold {
+                above += n as f64;
+            }
+        }
+        above.round() as u64
     }
 
     fn point(&self, t: u64, secs: f64, requests: u64, errors: u64, buckets: &[u64]) -> Point {
@@ -244,6 +288,16 @@ mod tests {
             errors,
             buckets: buckets.to_vec(),
         }
+    }
+
+    #[test]
+    fn requests_above_a_threshold_are_counted_from_buckets() {
+        let store = MetricsStore::new(&BOUNDS);
+        assert_eq!(store.count_above(0.1, &[5, 5, 10, 3]), 13);
+        // 0.055 s is half-way through (0.01, 0.1]: half of that bucket is slower.
+        assert_eq!(store.count_above(0.055, &[0, 10, 0, 0]), 5);
+        assert_eq!(store.count_above(0.0, &[1, 1, 1, 1]), 4);
+        assert_eq!(store.count_above(5.0, &[1, 1, 1, 1]), 1, "the open bucket is above any bound");
     }
 
     #[test]

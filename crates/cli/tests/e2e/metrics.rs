@@ -231,3 +231,69 @@ spec:
         .unwrap();
     assert_eq!(code, 404);
 }
+
+#[test]
+fn slo_budgets_and_a_fast_burn_event() {
+    let d = Daemon::start();
+    let port = free_port();
+    let manifest = format!(
+        r#"apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: promised
+spec:
+  components:
+    - name: api
+      type: webservice
+      properties:
+        cmd: ["{TESTSVC}"]
+        port: {port}
+      traits:
+        - type: slo
+          properties:
+            availability: 99.9
+            latency: {{threshold: 200ms, percent: 99}}
+            window: 7d
+"#
+    );
+    d.apply("promised.yaml", &manifest);
+    d.wait_phase("promised", "running", 30);
+    let mut http = Http::new(&format!("127.0.0.1:{port}"));
+    // Half the requests fail: 500 times the pace the objective allows.
+    for i in 0..200 {
+        let path = if i % 2 == 0 { "/" } else { "/status/503" };
+        http.get(path).unwrap();
+    }
+    let report = eventually(20, "the objectives count the requests", || {
+        let v = d.json(&["slo", "promised"]);
+        let a = v["objectives"].as_array()?.iter().find(|o| o["objective"] == "availability")?.clone();
+        (a["requests"].as_u64() >= Some(200)).then_some(v)
+    });
+    let objectives = report["objectives"].as_array().unwrap();
+    assert_eq!(objectives.len(), 2, "{report}");
+    let a = objectives.iter().find(|o| o["objective"] == "availability").unwrap();
+    assert_eq!(a["target_percent"], 99.9);
+    assert_eq!(a["window_seconds"], 7 * 86_400);
+    assert_eq!(a["bad"], 100);
+    assert!(a["budget_remaining"].as_f64().unwrap() < 0.0, "the budget is overspent: {a}");
+    assert!(a["burn_rate_1h"].as_f64().unwrap() > 400.0, "{a}");
+    assert_eq!(a["fast_burn"], true);
+    let l = objectives.iter().find(|o| o["objective"] == "latency").unwrap();
+    assert_eq!(l["bad"], 0, "every request was fast: {l}");
+    assert_eq!(l["budget_remaining"], 1.0);
+    // The burn was recorded as an event.
+    eventually(10, "an SLOFastBurn event", || {
+        let e = d.json(&["events", "promised"]);
+        e["events"].as_array()?.iter().any(|e| e["reason"] == "SLOFastBurn").then_some(())
+    });
+    let text = d.yun_ok(&["slo", "promised"]);
+    assert!(text.contains("FAST BURN") && text.contains("latency ≤ 200ms"), "{text}");
+
+    // Bad objectives are refused at apply with the field path, and nothing changes.
+    let bad = manifest.replace("availability: 99.9", "availability: 100");
+    let out = d.yun(&["apply", "-f", d.write("bad.yaml", &bad).to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("traits[0].properties.availability"), "{err}");
+    assert_eq!(d.json(&["history", "promised"])["revisions"].as_array().unwrap().len(), 1);
+}
