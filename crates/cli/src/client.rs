@@ -106,6 +106,11 @@ impl Client {
     }
 
     /// Sends a request and decodes the JSON answer; non-2xx becomes [`ApiError`].
+    /// The dashboard's address, with the token in the fragment (which browsers never send).
+    pub fn dashboard_url(&self) -> String {
+        format!("{}/dashboard#token={}", self.base.trim_end_matches('/'), self.token)
+    }
+
     pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
         let resp = self
             .http

@@ -213,6 +213,12 @@ enum Command {
         /// Application.
         app: String,
     },
+    /// Print the web dashboard's address (with this user's token); --open opens a browser.
+    Dashboard {
+        /// Open it with the desktop's browser (xdg-open).
+        #[arg(long)]
+        open: bool,
+    },
     /// Show one trace as a tree of spans.
     Trace {
         /// Trace id (32 hex digits).
@@ -508,6 +514,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let out = c.get(&format!("/api/v1/apps/{}/slo", enc(&app))).await?;
             if !structured(fmt, &out)? {
                 print_slo(&out);
+            }
+        }
+        Command::Dashboard { open } => {
+            let c = Client::connect(&home).await?;
+            let url = c.dashboard_url();
+            println!("{url}");
+            if open {
+                let opened = std::process::Command::new("xdg-open").arg(&url).status();
+                if !opened.is_ok_and(|s| s.success()) {
+                    bail!("could not open a browser (xdg-open); open the address above yourself");
+                }
             }
         }
         Command::Trace { id } => {

@@ -76,6 +76,7 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
         .layer(middleware::from_fn_with_state(ctx.clone(), auth));
     Router::new()
         .merge(api)
+        .merge(crate::dashboard::router())
         // Liveness of the daemon itself; reveals nothing.
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(yun_model::MAX_MANIFEST_BYTES * 2))

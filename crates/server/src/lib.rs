@@ -4,6 +4,7 @@
 //! Read [`run`] first, then `api.rs` (the routes) and `reconcile.rs` (desired → observed).
 
 mod api;
+mod dashboard;
 mod openapi;
 mod reconcile;
 mod runtime_metrics;
