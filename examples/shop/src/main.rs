@@ -6,7 +6,10 @@
 //! - `shop worker`    — restocks: every few seconds it checks the catalogue for low stock.
 //! - `shop report`    — a cron job: prints a one-line stock report and exits.
 //!
-//! Only the standard library is used, so the example builds in seconds.
+//! The frontend passes the W3C `traceparent` it receives on to the catalogue, as any
+//! OpenTelemetry-instrumented service does, so Yun's traces connect the two; that is the only
+//! concession to the platform. Only the standard library is used, so the example builds in
+//! seconds.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -33,9 +36,10 @@ fn main() {
     }
 }
 
-type Handler = fn(&str, &str) -> (u16, &'static str, String);
+/// (method, path, incoming traceparent or "") → (status, content type, body).
+type Handler = fn(&str, &str, &str) -> (u16, &'static str, String);
 
-fn catalogue(method: &str, path: &str) -> (u16, &'static str, String) {
+fn catalogue(method: &str, path: &str, _trace: &str) -> (u16, &'static str, String) {
     match (method, path) {
         ("GET", "/healthz") => (200, "text/plain", "ok".into()),
         ("GET", "/products") => (200, "application/json", PRODUCTS.into()),
@@ -43,14 +47,14 @@ fn catalogue(method: &str, path: &str) -> (u16, &'static str, String) {
     }
 }
 
-fn frontend(method: &str, path: &str) -> (u16, &'static str, String) {
+fn frontend(method: &str, path: &str, trace: &str) -> (u16, &'static str, String) {
     match (method, path) {
         ("GET", "/healthz") => (200, "text/plain", "ok".into()),
-        ("GET", "/api/products") => match fetch_products() {
+        ("GET", "/api/products") => match fetch_products(trace) {
             Ok(body) => (200, "application/json", body),
             Err(e) => (502, "text/plain", format!("catalogue unavailable: {e}")),
         },
-        ("GET", "/") => match fetch_products() {
+        ("GET", "/") => match fetch_products(trace) {
             Ok(body) => (200, "text/html; charset=utf-8", page(&body)),
             Err(e) => (502, "text/plain", format!("catalogue unavailable: {e}")),
         },
@@ -70,16 +74,16 @@ fn page(products: &str) -> String {
     )
 }
 
-fn fetch_products() -> Result<String, String> {
+fn fetch_products(trace: &str) -> Result<String, String> {
     let base =
         std::env::var("YUN_SVC_CATALOGUE_URL").map_err(|_| "YUN_SVC_CATALOGUE_URL is not set".to_string())?;
-    http_get(&base, "/products")
+    http_get(&base, "/products", trace)
 }
 
 fn worker() {
     println!("worker started; watching stock every 5s");
     loop {
-        match fetch_products() {
+        match fetch_products("") {
             Ok(body) => {
                 let low = body.lines().filter(|l| stock_of(l).is_some_and(|s| s < 10)).count();
                 println!("stock check: {low} product(s) below 10 units");
@@ -91,7 +95,7 @@ fn worker() {
 }
 
 fn report() {
-    match fetch_products() {
+    match fetch_products("") {
         Ok(body) => {
             let total: u64 = body.lines().filter_map(stock_of).sum();
             println!("report: {total} units in stock");
@@ -129,6 +133,7 @@ fn handle(mut stream: TcpStream, handler: Handler) {
             return;
         }
         let mut len = 0usize;
+        let mut trace = String::new();
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h).unwrap_or(0) == 0 {
@@ -137,8 +142,12 @@ fn handle(mut stream: TcpStream, handler: Handler) {
             if h.trim().is_empty() {
                 break;
             }
-            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            let lower = h.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
                 len = v.trim().parse().unwrap_or(0);
+            }
+            if let Some(v) = lower.strip_prefix("traceparent:") {
+                trace = v.trim().to_string();
             }
         }
         let mut body = vec![0; len.min(1 << 20)];
@@ -147,7 +156,7 @@ fn handle(mut stream: TcpStream, handler: Handler) {
         }
         let mut parts = line.split_whitespace();
         let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
-        let (status, kind, text) = handler(method, path);
+        let (status, kind, text) = handler(method, path, &trace);
         let head = format!(
             "HTTP/1.1 {status} {}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\n\r\n",
             reason(status),
@@ -167,11 +176,12 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn http_get(base: &str, path: &str) -> Result<String, String> {
+fn http_get(base: &str, path: &str, trace: &str) -> Result<String, String> {
     let host = base.trim_start_matches("http://").trim_end_matches('/');
     let mut s = TcpStream::connect(host).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n")
+    let trace = if trace.is_empty() { String::new() } else { format!("traceparent: {trace}\r\n") };
+    write!(s, "GET {path} HTTP/1.1\r\nhost: {host}\r\n{trace}connection: close\r\n\r\n")
         .map_err(|e| e.to_string())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).map_err(|e| e.to_string())?;

@@ -16,7 +16,8 @@ fn the_example_shop_runs_and_serves_its_catalogue() {
     let manifest = std::fs::read_to_string(root.join("examples/shop/app.yaml"))
         .unwrap()
         .replace("../../target/release/shop", shop.to_str().unwrap())
-        .replace("port: 8080", &format!("port: {port}"));
+        .replace("port: 8080", &format!("port: {port}"))
+        .replace("\"/\": 8080", &format!("\"/\": {port}"));
     let d = Daemon::start();
     let path = d.write("shop.yaml", &manifest);
     let out = d.yun_ok(&["up", "-d", "-f", path.to_str().unwrap()]);
@@ -29,6 +30,28 @@ fn the_example_shop_runs_and_serves_its_catalogue() {
     let (code, body) = Http::new(&format!("127.0.0.1:{port}")).get("/").unwrap();
     assert_eq!(code, 200);
     assert!(body.contains("Tea shop"));
+    // Through the gateway, frontend → catalogue is one trace.
+    let trace_id = "0123456789abcdef0123456789abcdef";
+    let (code, _) = Http::new(&d.gateway_addr())
+        .request(
+            "GET",
+            "/api/products",
+            &[("traceparent", &format!("00-{trace_id}-aaaaaaaaaaaaaaaa-01"))],
+            "",
+        )
+        .unwrap();
+    assert_eq!(code, 200);
+    let spans = eventually(10, "the trace has both hops", || {
+        let v = d.json(&["trace", trace_id]);
+        let spans = v["spans"].as_array()?.clone();
+        (spans.len() == 2).then_some(spans)
+    });
+    let of = |c: &str| spans.iter().find(|s| s["service"] == c).unwrap_or_else(|| panic!("{c} in {spans:?}"));
+    assert_eq!(of("frontend")["parent_id"], "aaaaaaaaaaaaaaaa");
+    assert_eq!(of("catalogue")["parent_id"], of("frontend")["span_id"]);
+    assert_eq!(of("catalogue")["attributes"]["yun.source"], "shop/frontend");
+    assert_eq!(of("catalogue")["attributes"]["url.path"], "/products");
+    assert_eq!(d.json(&["slo", "shop"])["objectives"].as_array().unwrap().len(), 2);
     eventually(30, "the worker logs a stock check", || {
         d.yun_ok(&["logs", "shop", "restocker"])
             .contains("stock check: 2 product(s) below 10 units")
