@@ -98,6 +98,9 @@ pub struct InstanceStatus {
     pub ready: bool,
     /// Restarts of this instance.
     pub restarts: u32,
+    /// Failed readiness and liveness probes of this instance.
+    #[serde(default)]
+    pub probe_failures: u64,
     /// Instance ports (`PORT` first).
     pub ports: Vec<u16>,
     /// Spec hash it runs.
@@ -172,6 +175,7 @@ struct Instance {
     phase: Phase,
     ready: bool,
     restarts: u32,
+    probe_failures: u64,
     streak: u32,
     started: Instant,
     started_at: String,
@@ -399,6 +403,7 @@ impl Supervisor {
                     (false, Err(e)) => {
                         i.ready_ok = 0;
                         i.ready_fail += 1;
+                        i.probe_failures += 1;
                         i.last_error = Some(format!("readiness probe failed: {e}"));
                         if i.ready && i.ready_fail >= failure_threshold {
                             i.ready = false;
@@ -409,6 +414,7 @@ impl Supervisor {
                     (true, Ok(())) => i.live_fail = 0,
                     (true, Err(e)) => {
                         i.live_fail += 1;
+                        i.probe_failures += 1;
                         i.last_error = Some(format!("liveness probe failed: {e}"));
                         if i.live_fail >= failure_threshold {
                             i.live_fail = 0;
@@ -935,6 +941,7 @@ impl Supervisor {
             phase: Phase::Starting,
             ready: false,
             restarts: 0,
+            probe_failures: 0,
             streak: 0,
             started: Instant::now(),
             started_at: now_text(),
@@ -1186,6 +1193,7 @@ impl Supervisor {
                 .into(),
                 ready: i.ready,
                 restarts: i.restarts,
+                probe_failures: i.probe_failures,
                 ports: i.ports.iter().map(|p| p.1).collect(),
                 hash: i.hash.clone(),
                 started_at: i.started_at.clone(),

@@ -251,6 +251,16 @@ impl prometheus_client::collector::Collector for RuntimeCollector {
         }
 
         let mut m = encoder.encode_descriptor(
+            "yun_instance_probe_failures",
+            "Failed readiness and liveness probes of the instance",
+            None,
+            c.metric_type(),
+        )?;
+        for (labels, i, _) in &instances {
+            ConstCounter::new(i.probe_failures).encode(m.encode_family(labels)?)?;
+        }
+
+        let mut m = encoder.encode_descriptor(
             "yun_instance_cpu_seconds",
             "CPU time used by the instance's current processes",
             None,

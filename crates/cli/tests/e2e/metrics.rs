@@ -60,6 +60,7 @@ spec:
         r#"yun_component_instances{app="metered",component="api",state="desired"} 1"#,
         r#"yun_instance_ready{app="metered",component="api",instance="api-"#,
         r#"yun_instance_restarts_total{app="metered",component="api",instance="api-"#,
+        r#"yun_instance_probe_failures_total{app="metered",component="api",instance="api-"#,
         "yun_reconcile_duration_seconds_count ",
         "yun_reconcile_queue_depth ",
         "yun_traces_stored ",
