@@ -158,9 +158,7 @@ pub struct StoreStats {
 
 #[derive(Default)]
 struct Trace {
-    /// Most traces through the data plane are one hop: that one is held inline, which saves an
-    /// allocation per request and the heap churn that slows the allocator under load.
-    spans: smallvec::SmallVec<[Entry; 1]>,
+    spans: Vec<Entry>,
     bytes: usize,
 }
 
@@ -192,7 +190,7 @@ impl Area {
         if trace.spans.len() >= per_trace {
             return 1;
         }
-        // Beyond the inline one, grow a slot at a time rather than doubling.
+        // Most traces hold one or a few spans: grow one slot at a time rather than doubling.
         trace.spans.reserve_exact(1);
         trace.spans.push(span);
         trace.bytes += size;
@@ -219,9 +217,9 @@ impl Area {
     }
 }
 
-/// Bytes a trace takes besides its spans: its order slot, a list header, and the spare room of
-/// the map's growth (about half a slot on average).
-const TRACE_OVERHEAD: usize = 64 + std::mem::size_of::<(TraceId, Trace)>() / 2;
+/// Bytes a trace takes besides its spans: its map entry and order slot (with the spare room
+/// of their growth) and its span list's allocation header.
+const TRACE_OVERHEAD: usize = 160;
 
 type KeepHook = Box<dyn Fn(Span) + Send + Sync>;
 
