@@ -55,13 +55,14 @@ rss0=$(awk '/VmRSS/ {print $2}' /proc/$daemon/status)
 oha -z "${MINUTES}m" -q "$RATE" -c 16 --no-tui --latency-correction --output-format json \
   "http://$gw/call/YUN_SVC_BACK_URL/" >"$work/oha.json" 2>/dev/null &
 load=$!
+start=$SECONDS
 echo "minute  rss_MiB  trace_store_MiB  traces  spans_dropped"
 max=0
 while kill -0 $load 2>/dev/null; do
   sleep 10
   rss=$(awk '/VmRSS/ {print $2}' /proc/$daemon/status)
   [ "$rss" -gt "$max" ] && max=$rss
-  printf "%6.1f  %7.1f  %15.1f  %6s  %s\n" "$(echo "$SECONDS/60" | bc -l)" "$(echo "$rss/1024" | bc -l)" \
+  printf "%6.1f  %7.1f  %15.1f  %6s  %s\n" "$(echo "($SECONDS-$start)/60" | bc -l)" "$(echo "$rss/1024" | bc -l)" \
     "$(echo "$(metric yun_trace_store_bytes)/1048576" | bc -l)" "$(metric yun_traces_stored)" "$(metric yun_trace_spans_dropped_total)"
 done
 python3 - "$work/oha.json" <<PY
