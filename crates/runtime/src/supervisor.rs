@@ -101,6 +101,12 @@ pub struct InstanceStatus {
     /// Failed readiness and liveness probes of this instance.
     #[serde(default)]
     pub probe_failures: u64,
+    /// CPU time of its processes in milliseconds, when measured (the daemon's status API does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
+    /// Resident memory of its processes, when measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
     /// Instance ports (`PORT` first).
     pub ports: Vec<u16>,
     /// Spec hash it runs.
@@ -1194,6 +1200,8 @@ impl Supervisor {
                 ready: i.ready,
                 restarts: i.restarts,
                 probe_failures: i.probe_failures,
+                cpu_millis: None,
+                rss_bytes: None,
                 ports: i.ports.iter().map(|p| p.1).collect(),
                 hash: i.hash.clone(),
                 started_at: i.started_at.clone(),

@@ -150,9 +150,10 @@ async function renderOverview(app, tab) {
       ${status.components.map(c => signals(c.name, (series.components || {})[c.name] || [])).join("")}</div>
     <div class="grid">
       <div class="panel"><h2>Instances</h2><table id="instances">
-        <tr><th>instance</th><th>state</th><th>ready</th><th>restarts</th><th>pid</th><th>last error</th></tr>
+        <tr><th>instance</th><th>state</th><th>ready</th><th>restarts</th><th>CPU time</th><th>memory</th><th>last error</th></tr>
         ${instances.map(({ i }) => `<tr><td>${esc(i.id)}</td><td>${pill(i.state)}</td><td>${i.ready ? pill("ready", "ok") : pill("not ready", "warn")}</td>
-          <td>${i.restarts}</td><td>${esc(i.pid ?? "–")}</td><td class="muted">${esc(i.last_error || i.last_exit || "")}</td></tr>`).join("")}
+          <td>${i.restarts}</td><td>${i.cpu_millis == null ? "–" : (i.cpu_millis / 1000).toFixed(2) + " s"}</td>
+          <td>${i.rss_bytes == null ? "–" : fmtBytes(i.rss_bytes)}</td><td class="muted">${esc(i.last_error || i.last_exit || "")}</td></tr>`).join("")}
       </table>
       <table style="margin-top:.8rem"><tr><th>component</th><th>phase</th><th>ready</th><th>CPU</th><th>memory</th></tr>
         ${status.components.map(c => { const u = usageOf(c.name); return `<tr><td>${esc(c.name)}</td><td>${pill(c.phase, c.phase.toLowerCase())}</td>

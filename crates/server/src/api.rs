@@ -345,7 +345,17 @@ async fn list_apps(State(ctx): Shared) -> ApiResult {
 
 async fn get_app(State(ctx): Shared, Path(name): Path<String>) -> ApiResult<Json<AppStatus>> {
     let record = ctx.store.app(&name)?.ok_or(yun_store::Error::AppNotFound(name))?;
-    Ok(Json(status_of(&ctx, record)))
+    let mut status = status_of(&ctx, record);
+    // Each instance's CPU time and memory, from /proc (a few milliseconds: off the workers).
+    let groups =
+        tokio::task::spawn_blocking(crate::runtime_metrics::process_groups).await.unwrap_or_default();
+    for i in status.components.iter_mut().flat_map(|c| c.instances.iter_mut()) {
+        if let Some(u) = i.pid.and_then(|p| groups.get(&p)) {
+            i.cpu_millis = Some((u.cpu_seconds * 1000.0) as u64);
+            i.rss_bytes = Some(u.rss_bytes);
+        }
+    }
+    Ok(Json(status))
 }
 
 #[derive(Deserialize)]

@@ -107,6 +107,7 @@ fn the_dashboard_shows_topology_traces_logs_and_rolls_back() {
     assert!(inner["label"].as_str().unwrap().contains("rps"), "{inner}");
     assert!(edge("external", "front").is_some());
     assert!(seen["slo"].as_str().unwrap().contains("99.5%"), "{seen}");
+    assert!(seen["instances"].as_str().unwrap().contains("MiB"), "instances show their memory: {seen}");
     assert!(seen["trace_rows"].as_u64().unwrap() >= 1);
     // The waterfall: front's span is the parent of back's.
     let spans = seen["waterfall"].as_array().unwrap();

@@ -213,6 +213,12 @@ spec:
     assert!(usage["rss_bytes"].as_u64().unwrap() > 100_000, "{usage}");
     assert_eq!(usage["ready"], 1);
 
+    // Status reports each instance's CPU time and memory.
+    let st = d.status("charted");
+    let instance = &st["components"][0]["instances"][0];
+    assert!(instance["rss_bytes"].as_u64().unwrap() > 100_000, "{instance}");
+    assert!(instance["cpu_millis"].as_u64().is_some(), "{instance}");
+
     let top = d.json(&["top", "charted", "--once"]);
     let rows = top["components"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{top}");
