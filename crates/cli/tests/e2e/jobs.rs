@@ -36,19 +36,20 @@ spec:
     assert_eq!(client["phase"], "Completed", "{st}");
     let logs = d.yun_ok(&["logs", "deps", "client"]);
     assert!(logs.contains(&format!("reached http://127.0.0.1:{port}")), "{logs}");
-    // The client started only after the backend was ready.
-    let events = d.json(&["events", "deps"]);
-    let seq_of = |component: &str| -> u64 {
-        events["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["component"] == component && e["reason"] == "Started")
-            .unwrap()["seq"]
-            .as_u64()
-            .unwrap()
-    };
-    assert!(seq_of("backend") < seq_of("client"));
+    // The client started only after the backend was ready. Events reach the log through the
+    // daemon's event pump, a moment after the status shows them.
+    let (backend, client) = eventually(10, "both Started events are logged", || {
+        let events = d.json(&["events", "deps"]);
+        let seq_of = |component: &str| -> Option<u64> {
+            events["events"]
+                .as_array()?
+                .iter()
+                .find(|e| e["component"] == component && e["reason"] == "Started")?["seq"]
+                .as_u64()
+        };
+        Some((seq_of("backend")?, seq_of("client")?))
+    });
+    assert!(backend < client);
 }
 
 #[test]
