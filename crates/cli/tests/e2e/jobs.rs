@@ -201,6 +201,8 @@ spec:
         let st = d.status("live");
         (st["components"][0]["restarts"].as_u64() >= Some(1) && st["phase"] == "running").then_some(())
     });
-    let events: Value = d.json(&["events", "live"]);
-    assert!(events["events"].as_array().unwrap().iter().any(|e| e["reason"] == "LivenessFailed"), "{events}");
+    eventually(10, "a LivenessFailed event", || {
+        let events: Value = d.json(&["events", "live"]);
+        events["events"].as_array()?.iter().any(|e| e["reason"] == "LivenessFailed").then_some(())
+    });
 }

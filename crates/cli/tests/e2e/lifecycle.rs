@@ -106,8 +106,10 @@ fn full_lifecycle_of_a_webservice() {
             .then_some(st)
     });
     assert_eq!(st["phase"], "running");
-    let events = d.json(&["events", app]);
-    assert!(events["events"].as_array().unwrap().iter().any(|e| e["reason"] == "Restarting"), "{events}");
+    eventually(10, "a Restarting event", || {
+        let events = d.json(&["events", app]);
+        events["events"].as_array()?.iter().any(|e| e["reason"] == "Restarting").then_some(())
+    });
 
     // kill -9 of the daemon; a new one recovers state, replaces instances, never duplicates.
     let before: Vec<u32> = app_processes(app, marker);
