@@ -150,6 +150,8 @@ pub(crate) struct Downstream {
     pub forwarded_for: HeaderValue,
     /// The calling component (`app/component`), or `external`.
     pub source: Arc<str>,
+    /// `source` as the `x-yun-caller` value instances receive.
+    pub caller: HeaderValue,
     /// The daemon's token that vouches for a passed-on caller; empty on the gateway, which
     /// never receives passed-on requests.
     pub hop: Arc<str>,
@@ -159,7 +161,8 @@ impl Downstream {
     pub(crate) fn new(peer: SocketAddr, source: Arc<str>, hop: Arc<str>) -> Downstream {
         let forwarded_for = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Downstream { forwarded_for, source, hop }
+        let caller = HeaderValue::from_str(&source).unwrap_or_else(|_| HeaderValue::from_static(EXTERNAL));
+        Downstream { forwarded_for, source, caller, hop }
     }
 }
 
@@ -213,6 +216,8 @@ impl Hop {
     }
 }
 
+/// The caller instances are told about.
+const CALLER_HEADER: &str = "x-yun-caller";
 const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
 /// Tells the client which trace its request joined (W3C Trace Context Level 2).
@@ -316,16 +321,21 @@ impl Proxy {
         let vouched =
             !hop.is_empty() && req.headers().get(HOP_HEADER).is_some_and(|v| v.as_bytes() == hop.as_bytes());
         req.headers_mut().remove(HOP_HEADER);
-        let claimed = req.headers().get("x-yun-caller").and_then(|v| v.to_str().ok());
+        let claimed = req.headers().get(CALLER_HEADER).and_then(|v| v.to_str().ok());
+        // `insert` replaces every value a client may have sent.
         let source_id: Arc<str> = match (vouched, claimed) {
-            (true, Some(c)) => c.into(),
-            _ => client.source.clone(),
+            (true, Some(c)) => {
+                let id: Arc<str> = c.into();
+                let value = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static(EXTERNAL));
+                req.headers_mut().insert(CALLER_HEADER, value);
+                id
+            }
+            _ => {
+                req.headers_mut().insert(CALLER_HEADER, client.caller.clone());
+                client.source.clone()
+            }
         };
         let source = &*source_id;
-        req.headers_mut().remove("x-yun-caller");
-        if let Ok(v) = HeaderValue::from_str(source) {
-            req.headers_mut().insert("x-yun-caller", v);
-        }
         let hop_trace = self.metrics.traces.as_ref().map(|t| Hop::begin(t, req.headers_mut()));
         let (method, path) = match hop_trace {
             Some(_) => {
