@@ -178,7 +178,7 @@ struct Outcome {
 /// This hop's part in a trace: the context it arrived with (or a new trace), and its own span,
 /// which becomes the parent that is passed on.
 #[derive(Clone, Copy)]
-struct Hop {
+struct HopContext {
     trace_id: TraceId,
     span_id: SpanId,
     parent: Option<SpanId>,
@@ -186,10 +186,10 @@ struct Hop {
     start_unix_nanos: u64,
 }
 
-impl Hop {
+impl HopContext {
     /// Reads `traceparent`/`tracestate` (an invalid one starts a new trace) and replaces them
     /// with this hop's context.
-    fn begin(traces: &TraceStore, headers: &mut hyper::HeaderMap) -> Hop {
+    fn begin(traces: &TraceStore, headers: &mut hyper::HeaderMap) -> HopContext {
         let incoming = headers
             .get(TRACEPARENT)
             .and_then(|tp| TraceContext::parse(tp.as_bytes(), headers.get(TRACESTATE).map(|v| v.as_bytes())));
@@ -212,7 +212,7 @@ impl Hop {
                 headers.remove(TRACESTATE);
             }
         }
-        Hop { trace_id, span_id, parent, sampled, start_unix_nanos: yun_telemetry::now_unix_nanos() }
+        HopContext { trace_id, span_id, parent, sampled, start_unix_nanos: yun_telemetry::now_unix_nanos() }
     }
 }
 
@@ -336,7 +336,7 @@ impl Proxy {
             }
         };
         let source = &*source_id;
-        let hop_trace = self.metrics.traces.as_ref().map(|t| Hop::begin(t, req.headers_mut()));
+        let hop_trace = self.metrics.traces.as_ref().map(|t| HopContext::begin(t, req.headers_mut()));
         let (method, path) = match hop_trace {
             Some(_) => {
                 (req.method().clone(), cut(req.uri().path(), yun_telemetry::MAX_ATTRIBUTE_LEN).to_string())
@@ -406,7 +406,7 @@ impl Proxy {
     #[allow(clippy::too_many_arguments)]
     fn hop(
         &self,
-        hop: Hop,
+        hop: HopContext,
         method: &hyper::Method,
         path: &str,
         route: &Arc<str>,

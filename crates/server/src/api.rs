@@ -533,12 +533,16 @@ async fn logs(
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "grep must be 1 to 1024 bytes of text"));
     }
     let trace_id = match &q.trace {
-        Some(t) => Some(yun_runtime::trace_id_of(&format!("trace_id={t}")).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("invalid trace id \"{t}\": expected 32 hex digits"),
-            )
-        })?),
+        Some(t) => Some(
+            yun_telemetry::TraceId::parse(&t.to_ascii_lowercase())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("invalid trace id \"{t}\": expected 32 hex digits"),
+                    )
+                })?
+                .to_string(),
+        ),
         None => None,
     };
     let query = yun_runtime::LogQuery {

@@ -179,7 +179,7 @@ impl Exporter {
             return Err(format!("invalid OTLP endpoint \"{endpoint}\": expected http://host:port[/path]"));
         }
         if uri.path() == "/" {
-            uri = format!("{}v1/traces", endpoint.trim_end_matches('/').to_string() + "/")
+            uri = format!("{}/v1/traces", endpoint.trim_end_matches('/'))
                 .parse()
                 .map_err(|e| format!("invalid OTLP endpoint \"{endpoint}\": {e}"))?;
         }
