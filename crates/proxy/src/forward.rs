@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::{Frame, SizeHint};
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::client::legacy::Client;
@@ -29,7 +29,14 @@ use crate::traffic::EdgeCounters;
 use crate::upstream::{Http1Pool, SendError};
 use crate::{EXTERNAL, HOP_HEADER, NO_ENDPOINT_WAIT, PortConfig};
 
-pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
+/// A request as hyper received it, with its body boxed like every other.
+pub(crate) fn from_hyper(req: Request<hyper::body::Incoming>) -> Request<Body> {
+    req.map(|b| b.map_err(Into::into).boxed())
+}
+
+/// Errors of bodies in either direction: hyper's, or the upstream client's own.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Body = BoxBody<Bytes, BoxError>;
 
 /// Bodies up to this size are buffered so that the request can be sent again to another
 /// instance when the first one could not take it.
@@ -314,7 +321,7 @@ impl Proxy {
     }
 
     /// Handles one request from `client`.
-    pub(crate) async fn handle(&self, mut req: Request<Incoming>, client: &Downstream) -> Response<Body> {
+    pub(crate) async fn handle(&self, mut req: Request<Body>, client: &Downstream) -> Response<Body> {
         let hop = &*client.hop;
         // The caller as the platform sees it; whatever a client claimed is replaced, except on
         // requests this daemon passed on and vouched for.
@@ -446,7 +453,7 @@ impl Proxy {
     /// Admission by the policies, then the attempts.
     async fn guarded(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<Body>,
         client: &Downstream,
         active: &Active,
         guard: &Guard,
@@ -545,7 +552,7 @@ impl Proxy {
     /// Sends the request, retrying as the policy and budget allow.
     async fn attempts(
         &self,
-        req: Request<Incoming>,
+        req: Request<Body>,
         client: &Downstream,
         active: &Active,
         guard: &Guard,
@@ -626,17 +633,33 @@ impl Proxy {
             tried.push(addr);
             outcome.instance = Some(lease.instance_id());
             outcome.retries = retried;
-            let body = match (&buffered, streaming.take()) {
-                (Some(b), _) => Full::new(b.clone()).map_err(|n| match n {}).boxed(),
-                (None, Some(s)) => s.boxed(),
-                (None, None) => {
+            // The common case, the whole request in memory, goes over an inline connection.
+            let inline = buffered.as_ref().filter(|_| !h2 && !upgrade);
+            let out = match (inline, &buffered, streaming.take()) {
+                (Some(_), _, _) => None,
+                (None, Some(b), _) => Some(Full::new(b.clone()).map_err(|n| match n {}).boxed()),
+                (None, None, Some(s)) => Some(s),
+                (None, None, None) => {
                     return Err(Failure::Upstream("upstream failed while the body was being sent".into()));
                 }
             };
-            let Some(out) = outgoing(&parts, lease.authority(), body) else {
-                return Ok(error(StatusCode::BAD_REQUEST, "invalid request target"));
+            let out = match out.map(|body| outgoing(&parts, lease.authority(), body)) {
+                Some(None) => return Ok(error(StatusCode::BAD_REQUEST, "invalid request target")),
+                Some(Some(out)) => Some(out),
+                None => None,
             };
-            let sent = self.send(addr, out);
+            let authority = lease.authority().as_str();
+            let sent = async {
+                match (inline, out) {
+                    (Some(b), _) => self
+                        .http1
+                        .send_whole(addr, &parts.method, &parts.uri, &parts.headers, authority, b)
+                        .await
+                        .map_err(|e| failure(addr, e)),
+                    (None, Some(out)) => self.send(addr, out).await,
+                    (None, None) => unreachable!("a request without an inline body has a hyper one"),
+                }
+            };
             let outcome = match guard.policy.per_try_timeout {
                 Some(t) => tokio::time::timeout(t.0, sent).await.unwrap_or(Err(Failure::Timeout)),
                 None => sent.await,
@@ -664,7 +687,7 @@ impl Proxy {
                     {
                         let up = hyper::upgrade::on(&mut resp);
                         tokio::spawn(splice(down, up, lease));
-                        return Ok(resp.map(|b| b.boxed()));
+                        return Ok(resp);
                     }
                     let (mut p, b) = resp.into_parts();
                     for h in HOP_BY_HOP {
@@ -675,7 +698,7 @@ impl Proxy {
                     {
                         p.headers.insert("x-yun-retries", v);
                     }
-                    return Ok(Response::from_parts(p, Hold { inner: b.boxed(), _held: lease }.boxed()));
+                    return Ok(Response::from_parts(p, Hold { inner: b, _held: lease }.boxed()));
                 }
                 Err(Failure::Connect(e)) => {
                     self.record(&lease, false);
@@ -718,29 +741,26 @@ impl Proxy {
     async fn send(&self, addr: SocketAddr, out: Request<Body>) -> Result<Response<Body>, Failure> {
         if out.version() == Version::HTTP_2 {
             return match self.http2.request(out).await {
-                Ok(resp) => Ok(resp.map(|b| b.boxed())),
+                Ok(resp) => Ok(resp.map(|b| b.map_err(Into::into).boxed())),
                 Err(e) if e.is_connect() => {
                     Err(Failure::Connect(format!("upstream {addr}: {}", describe(&e))))
                 }
                 Err(e) => Err(Failure::Upstream(format!("upstream {addr}: {}", describe(&e)))),
             };
         }
-        self.http1.send(addr, out).await.map_err(|e| match e {
-            SendError::Connect(e) => Failure::Connect(format!("upstream {addr}: {e}")),
-            SendError::Http(e) => Failure::Upstream(format!("upstream {addr}: {}", describe(&e))),
-        })
+        self.http1.send(addr, out).await.map_err(|e| failure(addr, e))
     }
 
     /// Passes a request on to another component's service address (split or route), where
     /// that component's policies apply; the body streams through.
-    async fn pass_on(&self, req: Request<Incoming>, addr: SocketAddr) -> Response<Body> {
+    async fn pass_on(&self, req: Request<Body>, addr: SocketAddr) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
         for h in HOP_BY_HOP {
             parts.headers.remove(*h);
         }
         let authority = hyper::http::uri::Authority::try_from(addr.to_string().as_str())
             .unwrap_or_else(|_| hyper::http::uri::Authority::from_static("127.0.0.1"));
-        let Some(out) = outgoing(&parts, &authority, body.boxed()) else {
+        let Some(out) = outgoing(&parts, &authority, body) else {
             return error(StatusCode::BAD_REQUEST, "invalid request target");
         };
         match self.send(addr, out).await {
@@ -843,6 +863,15 @@ impl Proxy {
             r.headers_mut().insert(header::RETRY_AFTER, v);
         }
         r
+    }
+}
+
+/// What a failed send to `addr` means for retries and the answer.
+fn failure(addr: SocketAddr, e: SendError) -> Failure {
+    match e {
+        SendError::Connect(e) => Failure::Connect(format!("upstream {addr}: {e}")),
+        SendError::Http(e) => Failure::Upstream(format!("upstream {addr}: {}", describe(&e))),
+        SendError::Broken(e) => Failure::Upstream(format!("upstream {addr}: {e}")),
     }
 }
 
@@ -959,12 +988,12 @@ struct Hold<T> {
 
 impl<T: Send + Unpin + 'static> hyper::body::Body for Hold<T> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 

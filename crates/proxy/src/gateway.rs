@@ -207,7 +207,7 @@ impl Gateway {
             .or_else(|| req.uri().host())
             .map(|h| h.rsplit_once(':').map(|(name, _)| name).unwrap_or(h).to_string());
         match self.route(host.as_deref(), req.uri().path()) {
-            Some(target) => target.0.handle(req, client).await,
+            Some(target) => target.0.handle(crate::forward::from_hyper(req), client).await,
             None => error(
                 StatusCode::NOT_FOUND,
                 &format!(

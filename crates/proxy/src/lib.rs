@@ -10,6 +10,7 @@ mod caller;
 mod endpoints;
 mod forward;
 mod gateway;
+mod h1;
 mod metrics;
 mod policy;
 mod traffic;
@@ -160,7 +161,7 @@ async fn serve_http(
     let svc = hyper::service::service_fn(move |req| {
         let proxy = proxy.clone();
         let client = client.clone();
-        async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, &client).await) }
+        async move { Ok::<_, std::convert::Infallible>(proxy.handle(forward::from_hyper(req), &client).await) }
     });
     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
         .serve_connection_with_upgrades(TokioIo::new(stream), svc)

@@ -1,7 +1,8 @@
-//! HTTP/1.1 connections to instances: a pool of idle keep-alive connections per address,
-//! driven through hyper's connection API. Compared with a general-purpose client this costs no
-//! task and no pool round trip per request: a connection goes back to the pool when its
-//! response body ends, and is checked for readiness when it is taken again.
+//! HTTP/1.1 connections to instances, pooled per address and given back when a response body
+//! ends. Requests whose body is in memory (nearly all: the proxy buffers small bodies so it can
+//! resend them) go over inline connections: this task writes head and body in one write and
+//! reads the answer itself with the lean codec in `h1.rs` — no connection task, no channels.
+//! Streamed bodies and upgrades go over connections driven by hyper's connection API.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,13 +11,18 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::{Request, Response, StatusCode};
+use hyper::header::HeaderMap;
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
-use crate::forward::Body;
+use crate::forward::{Body, BoxError};
+use crate::h1;
 
 /// How long connecting to an instance may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,6 +37,19 @@ pub(crate) enum SendError {
     Connect(String),
     /// The connection failed while the request was sent or the answer read.
     Http(hyper::Error),
+    /// The same, on an inline connection.
+    Broken(String),
+}
+
+/// A connection this task drives itself, with what it has read past the last message.
+struct RawConn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+struct IdleRaw {
+    conn: RawConn,
+    since: Instant,
 }
 
 struct Idle {
@@ -42,6 +61,7 @@ struct Idle {
 #[derive(Default)]
 pub(crate) struct Http1Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    raw: Mutex<HashMap<SocketAddr, Vec<IdleRaw>>>,
 }
 
 impl Http1Pool {
@@ -67,6 +87,100 @@ impl Http1Pool {
             conns.retain(|c| now.duration_since(c.since) < IDLE_TIMEOUT && !c.sender.is_closed());
             !conns.is_empty()
         });
+        drop(idle);
+        let Ok(mut raw) = self.raw.lock() else { return };
+        raw.retain(|_, conns| {
+            conns.retain(|c| now.duration_since(c.since) < IDLE_TIMEOUT && still_open(&c.conn.stream));
+            !conns.is_empty()
+        });
+    }
+
+    /// Sends a request whose body is in memory over an inline connection: the head (origin
+    /// form, `Host` set from `authority` when missing) and body in one write, then the answer's
+    /// head read here; its body is read as the caller polls it. A reused connection that the
+    /// instance had closed is replaced, and the request sent again when nothing was sent or the
+    /// method is idempotent.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn send_whole(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        authority: &str,
+        body: &Bytes,
+    ) -> Result<Response<Body>, SendError> {
+        let mut wire = Vec::with_capacity(512 + body.len());
+        h1::encode_request_head(method, uri, headers, authority, body.len(), &mut wire);
+        wire.extend_from_slice(body);
+        loop {
+            let (mut conn, reused) = match self.checkout_raw(addr) {
+                Some(c) => (c, true),
+                None => (connect_raw(addr).await?, false),
+            };
+            if let Err(e) = conn.stream.write_all(&wire).await {
+                if reused {
+                    continue;
+                }
+                return Err(SendError::Broken(format!("sending the request: {e}")));
+            }
+            match read_head(&mut conn).await {
+                Ok(head) => return Ok(self.respond(addr, conn, method, head)),
+                Err(Unanswered::Closed) if reused && idempotent(method) => continue,
+                Err(Unanswered::Closed) => {
+                    return Err(SendError::Broken("connection closed before an answer".into()));
+                }
+                Err(Unanswered::Failed(e)) => return Err(SendError::Broken(e)),
+            }
+        }
+    }
+
+    fn checkout_raw(&self, addr: SocketAddr) -> Option<RawConn> {
+        let mut map = self.raw.lock().ok()?;
+        let conns = map.get_mut(&addr)?;
+        let now = Instant::now();
+        while let Some(c) = conns.pop() {
+            if now.duration_since(c.since) < IDLE_TIMEOUT && still_open(&c.conn.stream) {
+                return Some(c.conn);
+            }
+        }
+        map.remove(&addr);
+        None
+    }
+
+    fn put_back_raw(&self, addr: SocketAddr, conn: RawConn) {
+        let Ok(mut map) = self.raw.lock() else { return };
+        let conns = map.entry(addr).or_default();
+        if conns.len() < MAX_IDLE_PER_ADDR {
+            conns.push(IdleRaw { conn, since: Instant::now() });
+        }
+    }
+
+    /// The response with a body read from `conn`, which goes back to the pool when the body
+    /// ends if the connection can carry another exchange.
+    fn respond(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        conn: RawConn,
+        method: &Method,
+        head: h1::ResponseHead,
+    ) -> Response<Body> {
+        let framing = h1::response_framing(method, &head).unwrap_or(h1::Framing::Close);
+        let reusable = head.version == Version::HTTP_11
+            && framing != h1::Framing::Close
+            && !h1::connection_has(&head.headers, "close");
+        let mut body = RawBody {
+            decoder: h1::BodyDecoder::new(framing),
+            conn: Some(conn),
+            back: reusable.then(|| (Arc::downgrade(self), addr)),
+        };
+        if body.decoder.is_done() {
+            body.give_back();
+        }
+        let mut resp = Response::new(body.boxed());
+        *resp.status_mut() = head.status;
+        *resp.headers_mut() = head.headers;
+        resp
     }
 
     /// Sends `req` (origin-form URI, `Host` set) to `addr` on an idle connection or a new one.
@@ -148,8 +262,8 @@ impl Http1Pool {
     }
 }
 
-async fn connect(addr: SocketAddr) -> Result<SendRequest<Body>, SendError> {
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+async fn open(addr: SocketAddr) -> Result<TcpStream, SendError> {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(SendError::Connect(format!("connecting: {e}"))),
         Err(_) => {
@@ -157,6 +271,138 @@ async fn connect(addr: SocketAddr) -> Result<SendRequest<Body>, SendError> {
         }
     };
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+async fn connect_raw(addr: SocketAddr) -> Result<RawConn, SendError> {
+    Ok(RawConn { stream: open(addr).await?, buf: BytesMut::with_capacity(8 * 1024) })
+}
+
+/// Whether an idle connection is still open, without a system call when nothing arrived on
+/// it: the reactor marks it readable when the instance closes it (or sends something it
+/// should not have, which also disqualifies it).
+fn still_open(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Ok(())) => {
+            matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        }
+        Poll::Ready(Err(_)) => false,
+    }
+}
+
+/// Why no response head was read.
+enum Unanswered {
+    /// The connection closed before a single byte of an answer.
+    Closed,
+    /// Anything else.
+    Failed(String),
+}
+
+/// Reads the final response head (informational 1xx answers are skipped).
+async fn read_head(conn: &mut RawConn) -> Result<h1::ResponseHead, Unanswered> {
+    let mut received = false;
+    loop {
+        match h1::parse_response(&conn.buf) {
+            Ok(Some((head, len))) => {
+                let _ = conn.buf.split_to(len);
+                match head.status.as_u16() {
+                    101 => return Err(Unanswered::Failed("unexpected 101 Switching Protocols".into())),
+                    100..=199 => continue,
+                    _ => return Ok(head),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Unanswered::Failed(format!("invalid response: {e}"))),
+        }
+        let n = std::future::poll_fn(|cx| h1::poll_fill(&mut conn.stream, cx, &mut conn.buf)).await.map_err(
+            |e| {
+                if received {
+                    Unanswered::Failed(format!("reading the response: {e}"))
+                } else {
+                    Unanswered::Closed
+                }
+            },
+        )?;
+        if n == 0 {
+            return Err(if received || !conn.buf.is_empty() {
+                Unanswered::Failed("connection closed in the middle of the response head".into())
+            } else {
+                Unanswered::Closed
+            });
+        }
+        received = true;
+    }
+}
+
+/// Methods whose request may be sent again without changing what it does.
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// A response body read from an inline connection by whoever polls it; the connection goes
+/// back to the pool as soon as the body is complete.
+struct RawBody {
+    decoder: h1::BodyDecoder,
+    conn: Option<RawConn>,
+    back: Option<(Weak<Http1Pool>, SocketAddr)>,
+}
+
+impl RawBody {
+    fn give_back(&mut self) {
+        let conn = self.conn.take();
+        if let (Some(conn), Some((pool, addr))) = (conn, self.back.take())
+            && conn.buf.is_empty()
+            && let Some(pool) = pool.upgrade()
+        {
+            pool.put_back_raw(addr, conn);
+        }
+    }
+}
+
+impl hyper::body::Body for RawBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
+        match h1::poll_body(&mut this.decoder, &mut conn.stream, &mut conn.buf, cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(frame)) => {
+                if this.decoder.is_done() {
+                    this.give_back();
+                }
+                Poll::Ready(frame.map(Ok))
+            }
+            Poll::Ready(Err(e)) => {
+                this.conn = None;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decoder.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+async fn connect(addr: SocketAddr) -> Result<SendRequest<Body>, SendError> {
+    let stream = open(addr).await?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
@@ -187,19 +433,19 @@ impl Returning {
 
 impl hyper::body::Body for Returning {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.give_back(),
             Poll::Ready(Some(Err(_))) => self.back = None,
             _ => {}
         }
-        polled
+        polled.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -270,7 +516,7 @@ mod tests {
             .body(Empty::<Bytes>::new().map_err(|n| match n {}).boxed())
             .unwrap();
         let resp = pool.send(addr, req).await.map_err(|e| match e {
-            SendError::Connect(e) => e,
+            SendError::Connect(e) | SendError::Broken(e) => e,
             SendError::Http(e) => e.to_string(),
         })?;
         let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
@@ -295,6 +541,74 @@ mod tests {
             assert_eq!(get(&pool, addr).await.unwrap(), "ok");
         }
         assert_eq!(accepts.load(Ordering::SeqCst), 5);
+    }
+
+    async fn get_whole(pool: &Arc<Http1Pool>, addr: SocketAddr, method: Method) -> Result<String, String> {
+        let uri: Uri = "/".parse().unwrap();
+        let resp = pool
+            .send_whole(addr, &method, &uri, &HeaderMap::new(), "test", &Bytes::new())
+            .await
+            .map_err(|e| match e {
+                SendError::Connect(e) | SendError::Broken(e) => e,
+                SendError::Http(e) => e.to_string(),
+            })?;
+        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn inline_connections_are_reused_and_replaced_when_closed() {
+        let (addr, accepts) = server(false).await;
+        let pool = Http1Pool::new();
+        for _ in 0..5 {
+            assert_eq!(get_whole(&pool, addr, Method::GET).await.unwrap(), "ok");
+        }
+        assert_eq!(accepts.load(Ordering::SeqCst), 1);
+
+        let (addr, accepts) = server(true).await;
+        for _ in 0..5 {
+            assert_eq!(get_whole(&pool, addr, Method::POST).await.unwrap(), "ok");
+        }
+        assert_eq!(accepts.load(Ordering::SeqCst), 5);
+    }
+
+    /// A server that answers every connection with `answer`, then closes it.
+    async fn answering(answer: &'static [u8]) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s.write_all(answer).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn inline_answers_are_decoded_or_refused() {
+        let pool = Http1Pool::new();
+        let chunked = answering(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n1\r\n!\r\n0\r\n\r\n",
+        )
+        .await;
+        assert_eq!(get_whole(&pool, chunked, Method::GET).await.unwrap(), "ok!");
+        let until_close = answering(b"HTTP/1.1 200 OK\r\n\r\nall of it").await;
+        assert_eq!(get_whole(&pool, until_close, Method::GET).await.unwrap(), "all of it");
+        for garbage in
+            [&b"SSH-2.0-OpenSSH\r\n\r\n"[..], b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort", b""]
+        {
+            let addr = answering(garbage).await;
+            assert!(
+                get_whole(&pool, addr, Method::GET).await.is_err(),
+                "{:?}",
+                String::from_utf8_lossy(garbage)
+            );
+        }
     }
 
     #[tokio::test]

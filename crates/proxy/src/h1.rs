@@ -1,0 +1,648 @@
+//! A lean HTTP/1.1 codec for the data plane's common case: a request whose body is known and
+//! small, answered by a response that is streamed back. The service port's connection loop
+//! (`h1_server.rs`) and the upstream client (`upstream.rs`) use it instead of hyper's general
+//! connection machinery, which costs a task, channels and wake-ups per request. Everything else
+//! (HTTP/2, upgrades, streamed or chunked uploads, HTTP/1.0, `Expect`) still goes through hyper.
+//!
+//! Messages are read into `http` types, so policies, metrics and tracing see one representation
+//! whichever way a request came in.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::body::Frame;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, StatusCode, Uri, Version};
+use tokio::io::AsyncRead;
+
+/// Largest message head (request or response line plus headers) read.
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields in one message head (hyper's default too).
+const MAX_HEADERS: usize = 100;
+/// Longest chunk-size line, extensions included.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A message that is not valid HTTP/1.1 or not acceptable here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Invalid(pub &'static str);
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+/// Reads what the socket has into `buf`; `Ok(0)` is the end of the stream.
+pub(crate) fn poll_fill<R: AsyncRead + Unpin>(
+    io: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// A parsed request head.
+#[allow(dead_code)] // Used by the server side, which lands next.
+pub(crate) struct RequestHead {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+}
+
+/// Parses a request head at the start of `buf`: `None` while incomplete, else the head and its
+/// length in bytes.
+#[allow(dead_code)] // Used by the server side, which lands next.
+pub(crate) fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, Invalid> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Err(Invalid("request head too large"));
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Invalid("too many header fields")),
+        Err(_) => return Err(Invalid("malformed request head")),
+    };
+    if len > MAX_HEAD {
+        return Err(Invalid("request head too large"));
+    }
+    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
+        .map_err(|_| Invalid("invalid method"))?;
+    let uri: Uri = req.path.unwrap_or_default().parse().map_err(|_| Invalid("invalid request target"))?;
+    let version = if req.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
+    let headers = header_map(req.headers)?;
+    Ok(Some((RequestHead { method, uri, version, headers }, len)))
+}
+
+/// A parsed response head.
+pub(crate) struct ResponseHead {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+}
+
+/// Parses a response head at the start of `buf`: `None` while incomplete, else the head and its
+/// length in bytes.
+pub(crate) fn parse_response(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, Invalid> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut fields);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Err(Invalid("response head too large"));
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Invalid("too many header fields in the response"));
+        }
+        Err(_) => return Err(Invalid("malformed response head")),
+    };
+    let status =
+        StatusCode::from_u16(resp.code.unwrap_or_default()).map_err(|_| Invalid("invalid status code"))?;
+    let version = if resp.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
+    let headers = header_map(resp.headers)?;
+    Ok(Some((ResponseHead { status, version, headers }, len)))
+}
+
+fn header_map(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, Invalid> {
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for f in fields {
+        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| Invalid("invalid header name"))?;
+        let value = HeaderValue::from_bytes(f.value).map_err(|_| Invalid("invalid header value"))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// How a message body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// No body.
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Everything until the connection closes.
+    Close,
+}
+
+/// The single value of `Content-Length`; repeated equal values count as one, differing ones or
+/// a non-number are invalid.
+pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Invalid> {
+    let mut found: Option<u64> = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        for part in v.to_str().map_err(|_| Invalid("invalid content-length"))?.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(Invalid("invalid content-length"));
+            }
+            let n: u64 = part.parse().map_err(|_| Invalid("invalid content-length"))?;
+            if found.is_some_and(|f| f != n) {
+                return Err(Invalid("conflicting content-length values"));
+            }
+            found = Some(n);
+        }
+    }
+    Ok(found)
+}
+
+/// Whether the last transfer coding is `chunked`.
+fn chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+}
+
+/// How the body of a response to `method` is delimited.
+pub(crate) fn response_framing(method: &Method, head: &ResponseHead) -> Result<Framing, Invalid> {
+    let s = head.status.as_u16();
+    if *method == Method::HEAD || (100..200).contains(&s) || s == 204 || s == 304 {
+        return Ok(Framing::Empty);
+    }
+    if head.headers.contains_key(header::TRANSFER_ENCODING) {
+        return Ok(if chunked(&head.headers) { Framing::Chunked } else { Framing::Close });
+    }
+    Ok(match content_length(&head.headers)? {
+        Some(0) => Framing::Empty,
+        Some(n) => Framing::Length(n),
+        None => Framing::Close,
+    })
+}
+
+/// Whether `Connection` lists `token`.
+pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Appends `name: value\r\n` for every field except the framing ones, which the writer of a
+/// message decides.
+fn write_fields(headers: &HeaderMap, out: &mut Vec<u8>) {
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Writes a request head for an instance: origin-form target, HTTP/1.1, `Host` kept (or set to
+/// `authority`), and `Content-Length` for a body of `body_len` bytes when there is a body or the
+/// client sent a length. Framing fields of the client's are replaced.
+pub(crate) fn encode_request_head(
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    authority: &str,
+    body_len: usize,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !headers.contains_key(header::HOST) {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(authority.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    write_fields(headers, out);
+    if body_len > 0 || headers.contains_key(header::CONTENT_LENGTH) {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes a response head. `framing` is how the body will be sent (`Length` adds the field,
+/// `Chunked` the transfer coding); `close` announces that the connection ends after it.
+#[allow(dead_code)] // Used by the server side, which lands next.
+pub(crate) fn encode_response_head(
+    status: StatusCode,
+    headers: &HeaderMap,
+    framing: Framing,
+    close: bool,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    write_fields(headers, out);
+    if !headers.contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Empty | Framing::Close => {}
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes one chunk of chunked transfer coding.
+#[allow(dead_code)] // Used by the server side, which lands next.
+pub(crate) fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
+    if data.is_empty() {
+        return;
+    }
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the last chunk, with trailer fields if any.
+#[allow(dead_code)] // Used by the server side, which lands next.
+pub(crate) fn encode_last_chunk(trailers: Option<&HeaderMap>, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"0\r\n");
+    if let Some(t) = trailers {
+        write_fields(t, out);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Reads a body delimited by `framing` out of a connection's buffer, frame by frame.
+#[derive(Debug)]
+pub(crate) struct BodyDecoder {
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    Length(u64),
+    /// Before a chunk-size line.
+    ChunkSize,
+    /// Inside a chunk, with this many bytes left.
+    ChunkData(u64),
+    /// The CRLF after a chunk's data.
+    ChunkEnd,
+    /// Trailer fields after the last chunk.
+    Trailers,
+    Close,
+    Done,
+}
+
+/// What decoding produced.
+pub(crate) enum Decoded {
+    /// A frame of the body.
+    Frame(Frame<Bytes>),
+    /// More bytes are needed.
+    More,
+    /// The body is complete.
+    End,
+}
+
+impl BodyDecoder {
+    pub(crate) fn new(framing: Framing) -> BodyDecoder {
+        let state = match framing {
+            Framing::Empty | Framing::Length(0) => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::ChunkSize,
+            Framing::Close => State::Close,
+        };
+        BodyDecoder { state }
+    }
+
+    /// Whether the body is complete.
+    pub(crate) fn is_done(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    /// Bytes still expected, when known.
+    pub(crate) fn remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Length(n) => Some(n),
+            State::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// Decodes what `buf` holds; `eof` says the connection has closed (which ends a
+    /// close-delimited body and cuts short any other).
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut, eof: bool) -> Result<Decoded, Invalid> {
+        loop {
+            match self.state {
+                State::Done => return Ok(Decoded::End),
+                State::Length(n) | State::ChunkData(n) if !buf.is_empty() => {
+                    let take = (buf.len() as u64).min(n) as usize;
+                    let data = buf.split_to(take).freeze();
+                    let left = n - take as u64;
+                    self.state = match self.state {
+                        State::Length(_) if left == 0 => State::Done,
+                        State::Length(_) => State::Length(left),
+                        _ if left == 0 => State::ChunkEnd,
+                        _ => State::ChunkData(left),
+                    };
+                    return Ok(Decoded::Frame(Frame::data(data)));
+                }
+                State::Length(_) | State::ChunkData(_) => {
+                    return if eof {
+                        Err(Invalid("connection closed before the body ended"))
+                    } else {
+                        Ok(Decoded::More)
+                    };
+                }
+                State::Close if !buf.is_empty() => {
+                    let data = buf.split().freeze();
+                    return Ok(Decoded::Frame(Frame::data(data)));
+                }
+                State::Close => {
+                    if eof {
+                        self.state = State::Done;
+                        return Ok(Decoded::End);
+                    }
+                    return Ok(Decoded::More);
+                }
+                State::ChunkSize => {
+                    let Some(line) = take_line(buf, MAX_CHUNK_LINE, "chunk size line too long")? else {
+                        return more(eof);
+                    };
+                    let size = line[..].split(|b| *b == b';').next().unwrap_or_default();
+                    let size = std::str::from_utf8(size).map_err(|_| Invalid("invalid chunk size"))?.trim();
+                    if size.is_empty() || size.len() > 15 {
+                        return Err(Invalid("invalid chunk size"));
+                    }
+                    let n = u64::from_str_radix(size, 16).map_err(|_| Invalid("invalid chunk size"))?;
+                    self.state = if n == 0 { State::Trailers } else { State::ChunkData(n) };
+                }
+                State::ChunkEnd => {
+                    if buf.len() < 2 {
+                        return more(eof);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(Invalid("chunk data not followed by CRLF"));
+                    }
+                    buf.advance(2);
+                    self.state = State::ChunkSize;
+                }
+                State::Trailers => {
+                    let Some(end) = find_blank_line(buf) else {
+                        if buf.len() > MAX_HEAD {
+                            return Err(Invalid("trailer fields too large"));
+                        }
+                        return more(eof);
+                    };
+                    let block = buf.split_to(end);
+                    self.state = State::Done;
+                    if block.len() == 2 {
+                        return Ok(Decoded::End);
+                    }
+                    return Ok(Decoded::Frame(Frame::trailers(parse_trailers(&block)?)));
+                }
+            }
+        }
+    }
+}
+
+fn more(eof: bool) -> Result<Decoded, Invalid> {
+    if eof { Err(Invalid("connection closed before the body ended")) } else { Ok(Decoded::More) }
+}
+
+/// Takes one CRLF-terminated line (without the CRLF) off the front of `buf`.
+fn take_line(buf: &mut BytesMut, max: usize, too_long: &'static str) -> Result<Option<BytesMut>, Invalid> {
+    match buf.iter().position(|b| *b == b'\n') {
+        Some(i) => {
+            let mut line = buf.split_to(i + 1);
+            line.truncate(i);
+            if line.last() == Some(&b'\r') {
+                line.truncate(i - 1);
+            }
+            Ok(Some(line))
+        }
+        None if buf.len() > max => Err(Invalid(too_long)),
+        None => Ok(None),
+    }
+}
+
+/// The length of the trailer section up to and including its final empty line.
+fn find_blank_line(buf: &[u8]) -> Option<usize> {
+    if buf.starts_with(b"\r\n") {
+        return Some(2);
+    }
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+fn parse_trailers(block: &[u8]) -> Result<HeaderMap, Invalid> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(block, &mut fields) {
+        Ok(httparse::Status::Complete((_, parsed))) => header_map(parsed),
+        _ => Err(Invalid("malformed trailer fields")),
+    }
+}
+
+/// Polls `decoder` over a connection: frames from the buffer first, then reads.
+pub(crate) fn poll_body<R: AsyncRead + Unpin>(
+    decoder: &mut BodyDecoder,
+    io: &mut R,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Option<Frame<Bytes>>, crate::forward::BoxError>> {
+    let mut eof = false;
+    loop {
+        match decoder.decode(buf, eof)? {
+            Decoded::Frame(f) => return Poll::Ready(Ok(Some(f))),
+            Decoded::End => return Poll::Ready(Ok(None)),
+            Decoded::More => {
+                let n = ready!(poll_fill(io, cx, buf))?;
+                eof = n == 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(
+        framing: Framing,
+        wire: &[u8],
+        step: usize,
+    ) -> Result<(Vec<u8>, Option<HeaderMap>), Invalid> {
+        let mut d = BodyDecoder::new(framing);
+        let mut buf = BytesMut::new();
+        let (mut data, mut trailers) = (Vec::new(), None);
+        let mut fed = 0;
+        loop {
+            match d.decode(&mut buf, fed >= wire.len())? {
+                Decoded::Frame(f) => match f.into_data() {
+                    Ok(b) => data.extend_from_slice(&b),
+                    Err(f) => trailers = f.into_trailers().ok(),
+                },
+                Decoded::End => return Ok((data, trailers)),
+                Decoded::More => {
+                    let end = (fed + step).min(wire.len());
+                    buf.extend_from_slice(&wire[fed..end]);
+                    fed = end;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_read_boundaries() {
+        let wire = b"5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\ngrpc-status: 0\r\nx-sum: 12\r\n\r\n";
+        for step in [1, 2, 3, 7, 1000] {
+            let (data, trailers) = decode_all(Framing::Chunked, wire, step).unwrap();
+            assert_eq!(data, b"hello, world", "step {step}");
+            let t = trailers.expect("trailers");
+            assert_eq!(t["grpc-status"], "0");
+            assert_eq!(t["x-sum"], "12");
+        }
+        let (data, trailers) = decode_all(Framing::Chunked, b"3\r\nabc\r\n0\r\n\r\n", 2).unwrap();
+        assert_eq!((data.as_slice(), trailers), (&b"abc"[..], None));
+    }
+
+    #[test]
+    fn bad_chunked_bodies_are_errors() {
+        for wire in [
+            &b"zz\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"\r\n",
+            b"ffffffffffffffffff\r\n",
+            b"5\r\nhel",
+            b"0\r\nbad trailer\r\n\r\n",
+        ] {
+            assert!(decode_all(Framing::Chunked, wire, 4).is_err(), "{:?}", String::from_utf8_lossy(wire));
+        }
+        let long = vec![b'1'; MAX_CHUNK_LINE + 10];
+        assert!(decode_all(Framing::Chunked, &long, 100_000).is_err());
+    }
+
+    #[test]
+    fn length_and_close_delimited_bodies() {
+        assert_eq!(decode_all(Framing::Length(5), b"hello", 2).unwrap().0, b"hello");
+        assert!(decode_all(Framing::Length(6), b"hello", 2).is_err(), "cut short");
+        assert_eq!(decode_all(Framing::Close, b"until the end", 4).unwrap().0, b"until the end");
+        assert_eq!(decode_all(Framing::Empty, b"", 4).unwrap().0, b"");
+        // Bytes after a length-delimited body are left for the next message.
+        let mut d = BodyDecoder::new(Framing::Length(2));
+        let mut buf = BytesMut::from(&b"okHTTP/1.1"[..]);
+        assert!(matches!(d.decode(&mut buf, false).unwrap(), Decoded::Frame(_)));
+        assert!(d.is_done());
+        assert_eq!(&buf[..], b"HTTP/1.1");
+    }
+
+    #[test]
+    fn request_heads_parse_into_http_types() {
+        let wire = b"POST /a/b?c=1 HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nx-a: 2\r\n\r\nbody";
+        let (head, len) = parse_request(wire).unwrap().unwrap();
+        assert_eq!(len, wire.len() - "body".len());
+        assert_eq!((head.method, head.version), (Method::POST, Version::HTTP_11));
+        assert_eq!(head.uri.path_and_query().unwrap().as_str(), "/a/b?c=1");
+        assert_eq!(head.headers.get_all("x-a").iter().count(), 2);
+        assert!(parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none(), "incomplete");
+    }
+
+    #[test]
+    fn hostile_request_heads_are_refused() {
+        for wire in [
+            &b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n"[..],
+            b"GET / HTTP/9.9\r\n\r\n",
+            b"\x00\x01\x02 / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n",
+            b"GET /\x7f HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(parse_request(wire).is_err(), "{:?}", String::from_utf8_lossy(wire));
+        }
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..(MAX_HEADERS + 1) {
+            many.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(parse_request(&many).err(), Some(Invalid("too many header fields")));
+        let mut huge = b"GET / HTTP/1.1\r\nx: ".to_vec();
+        huge.resize(MAX_HEAD + 10, b'a');
+        assert_eq!(parse_request(&huge).err(), Some(Invalid("request head too large")));
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let head = |status: u16, fields: &[(&str, &str)]| {
+            let mut headers = HeaderMap::new();
+            for (k, v) in fields {
+                headers
+                    .append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            }
+            ResponseHead { status: StatusCode::from_u16(status).unwrap(), version: Version::HTTP_11, headers }
+        };
+        let get = Method::GET;
+        assert_eq!(response_framing(&get, &head(200, &[("content-length", "12")])), Ok(Framing::Length(12)));
+        assert_eq!(
+            response_framing(&Method::HEAD, &head(200, &[("content-length", "12")])),
+            Ok(Framing::Empty)
+        );
+        assert_eq!(response_framing(&get, &head(204, &[])), Ok(Framing::Empty));
+        assert_eq!(response_framing(&get, &head(304, &[("content-length", "9")])), Ok(Framing::Empty));
+        assert_eq!(response_framing(&get, &head(200, &[])), Ok(Framing::Close));
+        assert_eq!(
+            response_framing(
+                &get,
+                &head(200, &[("transfer-encoding", "gzip, chunked"), ("content-length", "3")])
+            ),
+            Ok(Framing::Chunked)
+        );
+        assert_eq!(response_framing(&get, &head(200, &[("transfer-encoding", "gzip")])), Ok(Framing::Close));
+        assert_eq!(response_framing(&get, &head(200, &[("content-length", "5, 5")])), Ok(Framing::Length(5)));
+        assert!(
+            response_framing(&get, &head(200, &[("content-length", "5"), ("content-length", "6")])).is_err()
+        );
+        assert!(response_framing(&get, &head(200, &[("content-length", "-1")])).is_err());
+        assert!(response_framing(&get, &head(200, &[("content-length", "+5")])).is_err());
+    }
+
+    #[test]
+    fn heads_encode_as_http_1_1() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        let mut out = Vec::new();
+        encode_request_head(&Method::POST, &"/p?q".parse().unwrap(), &headers, "127.0.0.1:9", 3, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /p?q HTTP/1.1\r\nhost: 127.0.0.1:9\r\nx-a: 1\r\ncontent-length: 3\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        headers.insert("date", HeaderValue::from_static("Thu, 26 Nov 2026 10:00:00 GMT"));
+        encode_response_head(StatusCode::NOT_FOUND, &headers, Framing::Chunked, true, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 404 Not Found\r\nx-a: 1\r\ndate: Thu, 26 Nov 2026 10:00:00 GMT\r\n\
+             transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+    }
+}
