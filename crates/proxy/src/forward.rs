@@ -40,7 +40,7 @@ pub(crate) type Body = BoxBody<Bytes, BoxError>;
 
 /// Bodies up to this size are buffered so that the request can be sent again to another
 /// instance when the first one could not take it.
-const RETRY_BUFFER_BYTES: u64 = 256 * 1024;
+pub(crate) const RETRY_BUFFER_BYTES: u64 = 256 * 1024;
 /// Attempts on distinct instances for a request that could not be sent.
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 

@@ -51,7 +51,6 @@ pub(crate) fn poll_fill<R: AsyncRead + Unpin>(
 }
 
 /// A parsed request head.
-#[allow(dead_code)] // Used by the server side, which lands next.
 pub(crate) struct RequestHead {
     pub method: Method,
     pub uri: Uri,
@@ -61,7 +60,6 @@ pub(crate) struct RequestHead {
 
 /// Parses a request head at the start of `buf`: `None` while incomplete, else the head and its
 /// length in bytes.
-#[allow(dead_code)] // Used by the server side, which lands next.
 pub(crate) fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, Invalid> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
@@ -196,10 +194,11 @@ pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// Appends `name: value\r\n` for every field except the framing ones, which the writer of a
-/// message decides.
-fn write_fields(headers: &HeaderMap, out: &mut Vec<u8>) {
+/// message decides — but `Content-Length` is kept when `keep_length` (the answer to HEAD, or a
+/// 304, tells the length of what GET would send).
+fn write_fields(headers: &HeaderMap, keep_length: bool, out: &mut Vec<u8>) {
     for (name, value) in headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+        if (name == header::CONTENT_LENGTH && !keep_length) || name == header::TRANSFER_ENCODING {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -229,7 +228,7 @@ pub(crate) fn encode_request_head(
         out.extend_from_slice(authority.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    write_fields(headers, out);
+    write_fields(headers, false, out);
     if body_len > 0 || headers.contains_key(header::CONTENT_LENGTH) {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
@@ -239,8 +238,8 @@ pub(crate) fn encode_request_head(
 }
 
 /// Writes a response head. `framing` is how the body will be sent (`Length` adds the field,
-/// `Chunked` the transfer coding); `close` announces that the connection ends after it.
-#[allow(dead_code)] // Used by the server side, which lands next.
+/// `Chunked` the transfer coding, `Empty` — no body whatever the fields say — keeps a given
+/// `Content-Length`); `close` announces that the connection ends after it.
 pub(crate) fn encode_response_head(
     status: StatusCode,
     headers: &HeaderMap,
@@ -253,7 +252,7 @@ pub(crate) fn encode_response_head(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    write_fields(headers, out);
+    write_fields(headers, framing == Framing::Empty, out);
     if !headers.contains_key(header::DATE) {
         out.extend_from_slice(b"date: ");
         out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
@@ -275,7 +274,6 @@ pub(crate) fn encode_response_head(
 }
 
 /// Writes one chunk of chunked transfer coding.
-#[allow(dead_code)] // Used by the server side, which lands next.
 pub(crate) fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
     if data.is_empty() {
         return;
@@ -286,11 +284,10 @@ pub(crate) fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Writes the last chunk, with trailer fields if any.
-#[allow(dead_code)] // Used by the server side, which lands next.
 pub(crate) fn encode_last_chunk(trailers: Option<&HeaderMap>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"0\r\n");
     if let Some(t) = trailers {
-        write_fields(t, out);
+        write_fields(t, false, out);
     }
     out.extend_from_slice(b"\r\n");
 }

@@ -11,6 +11,7 @@ mod endpoints;
 mod forward;
 mod gateway;
 mod h1;
+mod h1_server;
 mod metrics;
 mod policy;
 mod traffic;
@@ -158,13 +159,16 @@ async fn serve_http(
         .unwrap_or_else(|_| EXTERNAL.to_string())
         .into();
     let client = Arc::new(forward::Downstream::new(peer, source, hop));
+    // The common case is served by the lean loop; hyper takes over a connection when it
+    // meets anything else.
+    let Some(rest) = h1_server::serve(stream, &proxy, &client).await else { return };
     let svc = hyper::service::service_fn(move |req| {
         let proxy = proxy.clone();
         let client = client.clone();
         async move { Ok::<_, std::convert::Infallible>(proxy.handle(forward::from_hyper(req), &client).await) }
     });
     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+        .serve_connection_with_upgrades(TokioIo::new(h1_server::Prefixed::from(rest)), svc)
         .await;
 }
 

@@ -8,6 +8,7 @@
 //! - `GET /status/CODE` → an empty response with that status
 //! - `GET /sleep/MS` → answers after MS milliseconds
 //! - `POST /echo` → the request body, streamed back
+//! - `GET /drip/N` → N chunks `tick\n`, 200 ms apart (a response that streams)
 //! - `GET /upgrade` with `Connection: upgrade` and `Upgrade: echo` → 101, then echoes bytes
 //! - `GET /trailers` → a body with an HTTP/2 trailer `x-checksum: done`
 //! - `GET /call/VAR/PATH` → calls `$VAR` (a service URL such as `$CATALOGUE_URL`) + `/PATH`,
@@ -175,7 +176,8 @@ async fn serve(mut req: Request<Incoming>, state: &State) -> Response<Body> {
         tokio::time::sleep(state.delay).await;
     }
     let path = req.uri().path().to_string();
-    let method = req.method().clone();
+    // HEAD is answered as GET (hyper leaves the body out).
+    let method = if req.method() == hyper::Method::HEAD { hyper::Method::GET } else { req.method().clone() };
     let exempt = matches!(path.as_str(), "/healthz" | "/count" | "/max-inflight" | "/fix");
     if !exempt
         && (state.broken.load(Ordering::SeqCst)
@@ -224,6 +226,19 @@ async fn serve(mut req: Request<Incoming>, state: &State) -> Response<Body> {
             text(200, "slept")
         }
         ("POST", "/echo") => Response::new(req.into_body().boxed()),
+        ("GET", p) if p.starts_with("/drip/") => {
+            let n: u32 = p[6..].parse().unwrap_or(3);
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tokio::spawn(async move {
+                for _ in 0..n {
+                    if tx.send(Ok(Frame::data(Bytes::from_static(b"tick\n")))).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            });
+            Response::new(StreamBody::new(Channel(rx)).boxed())
+        }
         ("GET", "/trailers") => {
             let frames = vec![
                 Ok::<_, hyper::Error>(Frame::data(Bytes::from_static(b"payload"))),
@@ -268,6 +283,19 @@ async fn serve(mut req: Request<Incoming>, state: &State) -> Response<Body> {
 }
 
 /// A stream over a fixed list of frames.
+/// Frames from a channel, as a stream.
+struct Channel(tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, hyper::Error>>);
+
+impl futures_core::Stream for Channel {
+    type Item = Result<Frame<Bytes>, hyper::Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
 fn futures_stream(
     frames: Vec<Result<Frame<Bytes>, hyper::Error>>,
 ) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, hyper::Error>> {

@@ -129,6 +129,8 @@ fn malformed_requests_get_400_and_never_reach_an_instance() {
         &b"GARBAGE\r\n\r\n"[..],
         b"GET / HTTP/1.1\r\nbad header line\r\n\r\n",
         b"GET / HTTP/1.1\r\ncontent-length: nope\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
+        b"GET / HTTP/1.1\r\nx: a\x00b\r\n\r\n",
     ] {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -137,7 +139,73 @@ fn malformed_requests_get_400_and_never_reach_an_instance() {
         let _ = s.read_to_string(&mut resp);
         assert!(resp.starts_with("HTTP/1.1 400"), "{garbage:?} → {resp:?}");
     }
+    // A head larger than 64 KiB is refused as such.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut huge = b"GET / HTTP/1.1\r\nx-big: ".to_vec();
+    huge.resize(70 * 1024, b'a');
+    let _ = s.write_all(&huge);
+    let resp = read_until(&mut s, |g| g.contains("\r\n\r\n"));
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp:?}");
     assert_eq!(count(), before, "nothing reached the instance");
+}
+
+/// Reads from `s` until `done` holds for what arrived (or the connection closes).
+fn read_until(s: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !done(&String::from_utf8_lossy(&got)) {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn http1_keep_alive_pipelining_head_and_close_behave_as_specified() {
+    let d = Daemon::start();
+    let port = free_port();
+    d.apply("h1.yaml", &app_with("h1", port, 1, ""));
+    d.wait_phase("h1", "running", 30);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+
+    // Three requests in one write are answered in order on the same connection.
+    s.write_all(
+        b"GET /header/x-a HTTP/1.1\r\nhost: a\r\nx-a: first\r\n\r\n\
+          POST /echo HTTP/1.1\r\nhost: a\r\ncontent-length: 6\r\n\r\nsecond\
+          GET /status/204 HTTP/1.1\r\nhost: a\r\n\r\n",
+    )
+    .unwrap();
+    let got = read_until(&mut s, |g| g.matches("HTTP/1.1 ").count() == 3 && g.contains("second"));
+    let first = got.find("first").expect(&got);
+    let second = got.find("second").expect(&got);
+    let third = got.find("HTTP/1.1 204").expect(&got);
+    assert!(first < second && second < third, "{got}");
+
+    // HEAD: the length of what GET would send, and no body; the connection goes on.
+    s.write_all(b"HEAD /env/TEST_MARKER HTTP/1.1\r\nhost: a\r\n\r\n").unwrap();
+    let head = read_until(&mut s, |g| g.contains("\r\n\r\n"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-length: 2\r\n"), "{head}");
+    assert!(head.ends_with("\r\n\r\n"), "no body after a HEAD answer: {head:?}");
+
+    // A streamed answer reaches the client as it is produced, chunk by chunk.
+    s.write_all(b"GET /drip/3 HTTP/1.1\r\nhost: a\r\n\r\n").unwrap();
+    let early = read_until(&mut s, |g| g.contains("tick"));
+    assert!(early.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{early}");
+    assert!(!early.contains("0\r\n\r\n"), "the first tick came before the end: {early:?}");
+    let rest = read_until(&mut s, |g| g.contains("0\r\n\r\n"));
+    assert_eq!((early.clone() + &rest).matches("tick").count(), 3, "{early}{rest}");
+
+    // `Connection: close` is honoured: the answer says so and the connection ends.
+    s.write_all(b"GET /env/TEST_MARKER HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").unwrap();
+    let mut last = String::new();
+    s.read_to_string(&mut last).unwrap();
+    assert!(last.to_ascii_lowercase().contains("connection: close"), "{last}");
+    assert!(last.ends_with("h1"), "{last}");
 }
 
 #[test]
