@@ -216,22 +216,31 @@ impl Endpoints {
     pub fn pick(&self, balancer: Balancer, tried: &[SocketAddr]) -> Option<Lease> {
         let s = self.set.read().ok()?;
         let now = Instant::now();
-        let fresh: Vec<&Arc<Endpoint>> = s.ready.iter().filter(|e| !tried.contains(&e.addr)).collect();
-        let healthy: Vec<&Arc<Endpoint>> = fresh.iter().copied().filter(|e| !e.ejected(now)).collect();
+        // Counted and indexed in place: a request allocates nothing to choose.
+        let fresh = |e: &&Arc<Endpoint>| !tried.contains(&e.addr);
+        let healthy = |e: &&Arc<Endpoint>| fresh(e) && !e.ejected(now);
+        let mut n = s.ready.iter().filter(healthy).count();
         // With every candidate ejected, ejection is ignored rather than failing everything.
-        let candidates = if healthy.is_empty() { fresh } else { healthy };
-        let chosen = match candidates.len() {
+        let ignore_ejection = n == 0;
+        if ignore_ejection {
+            n = s.ready.iter().filter(fresh).count();
+        }
+        let candidate = |i: usize| {
+            let mut it = s.ready.iter();
+            if ignore_ejection { it.filter(fresh).nth(i) } else { it.by_ref().filter(healthy).nth(i) }
+        };
+        let chosen = match n {
             0 => return None,
-            1 => candidates[0],
+            1 => candidate(0)?,
             n => match balancer {
-                Balancer::RoundRobin => candidates[self.next.fetch_add(1, Ordering::Relaxed) % n],
+                Balancer::RoundRobin => candidate(self.next.fetch_add(1, Ordering::Relaxed) % n)?,
                 Balancer::LeastRequest | Balancer::PeakEwma => {
                     let a = rand::random_range(0..n);
                     let mut b = rand::random_range(0..n - 1);
                     if b >= a {
                         b += 1;
                     }
-                    let (x, y) = (candidates[a], candidates[b]);
+                    let (x, y) = (candidate(a)?, candidate(b)?);
                     let cheaper = match balancer {
                         Balancer::LeastRequest => x.in_flight() <= y.in_flight(),
                         _ => x.cost(now) <= y.cost(now),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Frame, SizeHint};
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -45,16 +45,16 @@ pub(crate) const RETRY_BUFFER_BYTES: u64 = 256 * 1024;
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 /// Headers that belong to one connection and are not forwarded.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 pub(crate) struct Proxy {
@@ -197,9 +197,9 @@ impl HopContext {
     /// Reads `traceparent`/`tracestate` (an invalid one starts a new trace) and replaces them
     /// with this hop's context.
     fn begin(traces: &TraceStore, headers: &mut hyper::HeaderMap) -> HopContext {
-        let incoming = headers
-            .get(TRACEPARENT)
-            .and_then(|tp| TraceContext::parse(tp.as_bytes(), headers.get(TRACESTATE).map(|v| v.as_bytes())));
+        let incoming = headers.get(&TRACEPARENT).and_then(|tp| {
+            TraceContext::parse(tp.as_bytes(), headers.get(&TRACESTATE).map(|v| v.as_bytes()))
+        });
         let span_id = SpanId::random();
         let (trace_id, parent, sampled, tracestate) = match incoming {
             Some(c) => (c.trace_id, Some(c.parent_id), c.sampled, c.tracestate),
@@ -216,7 +216,7 @@ impl HopContext {
                 headers.insert(TRACESTATE, v);
             }
             _ => {
-                headers.remove(TRACESTATE);
+                headers.remove(&TRACESTATE);
             }
         }
         HopContext { trace_id, span_id, parent, sampled, start_unix_nanos: yun_telemetry::now_unix_nanos() }
@@ -224,11 +224,17 @@ impl HopContext {
 }
 
 /// The caller instances are told about.
-const CALLER_HEADER: &str = "x-yun-caller";
-const TRACEPARENT: &str = "traceparent";
-const TRACESTATE: &str = "tracestate";
+const CALLER_HEADER: HeaderName = HeaderName::from_static("x-yun-caller");
+/// Carries this daemon's token on requests it passes on (see [`HOP_HEADER`]).
+const HOP: HeaderName = HeaderName::from_static(HOP_HEADER);
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// Tells the client which trace its request joined (W3C Trace Context Level 2).
-const TRACERESPONSE: &str = "traceresponse";
+const TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
+/// Names the policy that refused a request.
+const POLICY_HEADER: HeaderName = HeaderName::from_static("x-yun-policy");
+const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const RETRIES_HEADER: HeaderName = HeaderName::from_static("x-yun-retries");
 
 /// Runs `f` when dropped (also when the request future is dropped because the client left).
 fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
@@ -326,9 +332,9 @@ impl Proxy {
         // The caller as the platform sees it; whatever a client claimed is replaced, except on
         // requests this daemon passed on and vouched for.
         let vouched =
-            !hop.is_empty() && req.headers().get(HOP_HEADER).is_some_and(|v| v.as_bytes() == hop.as_bytes());
-        req.headers_mut().remove(HOP_HEADER);
-        let claimed = req.headers().get(CALLER_HEADER).and_then(|v| v.to_str().ok());
+            !hop.is_empty() && req.headers().get(&HOP).is_some_and(|v| v.as_bytes() == hop.as_bytes());
+        req.headers_mut().remove(&HOP);
+        let claimed = req.headers().get(&CALLER_HEADER).and_then(|v| v.to_str().ok());
         // `insert` replaces every value a client may have sent.
         let source_id: Arc<str> = match (vouched, claimed) {
             (true, Some(c)) => {
@@ -372,7 +378,7 @@ impl Proxy {
             (None, Some((component, addr))) => {
                 outcome.instance = Some(format!("split:{component}").into());
                 if let Ok(v) = HeaderValue::from_str(hop) {
-                    req.headers_mut().insert(HOP_HEADER, v);
+                    req.headers_mut().insert(HOP, v);
                 }
                 self.pass_on(req, addr).await
             }
@@ -385,7 +391,7 @@ impl Proxy {
         if outcome.retries > 0 {
             series.retries.inc_by(outcome.retries.into());
         }
-        if let Some(policy) = resp.headers().get("x-yun-policy").and_then(|v| v.to_str().ok()) {
+        if let Some(policy) = resp.headers().get(&POLICY_HEADER).and_then(|v| v.to_str().ok()) {
             let reject = RejectLabels {
                 app: self.app.to_string(),
                 component: self.component.to_string(),
@@ -421,7 +427,7 @@ impl Proxy {
         outcome: Outcome,
         resp: &Response<Body>,
     ) -> yun_telemetry::Hop {
-        let policy = resp.headers().get("x-yun-policy").and_then(|v| v.to_str().ok()).map(|p| {
+        let policy = resp.headers().get(&POLICY_HEADER).and_then(|v| v.to_str().ok()).map(|p| {
             match ["rateLimit", "concurrency", "circuitBreaker", "timeout", "fault"]
                 .into_iter()
                 .find(|k| *k == p)
@@ -564,16 +570,14 @@ impl Proxy {
         let upgrade_headers = upgrade.then(|| {
             (parts.headers.get(header::CONNECTION).cloned(), parts.headers.get(header::UPGRADE).cloned())
         });
-        for h in HOP_BY_HOP {
-            parts.headers.remove(*h);
-        }
+        strip_hop_by_hop(&mut parts.headers);
         if let Some((conn, up)) = upgrade_headers {
             parts.headers.insert(header::CONNECTION, conn.unwrap_or(HeaderValue::from_static("upgrade")));
             if let Some(up) = up {
                 parts.headers.insert(header::UPGRADE, up);
             }
         }
-        parts.headers.append("x-forwarded-for", client.forwarded_for.clone());
+        parts.headers.append(FORWARDED_FOR, client.forwarded_for.clone());
         let h2 = parts.version == Version::HTTP_2;
         // Small bodies are buffered so a request can be sent again.
         let len = body_len(&parts.headers);
@@ -607,7 +611,9 @@ impl Proxy {
         let may_resend =
             buffered.is_some() && (idempotent(&parts.method) || retries.is_some_and(|r| r.non_idempotent));
         let mut downstream_upgrade = downstream_upgrade;
+        // Instances tried before this attempt; the first attempt allocates nothing.
         let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut last: Option<SocketAddr> = None;
         let mut connect_failures = 0;
         let mut retried = 0u32;
         loop {
@@ -621,6 +627,7 @@ impl Proxy {
                     ),
                 ));
             }
+            tried.extend(last.take());
             // Prefer an instance not tried yet; fall back to any.
             let lease = match self.endpoints.pick(active.balancer, &tried) {
                 Some(l) => l,
@@ -630,7 +637,7 @@ impl Proxy {
                 },
             };
             let addr = lease.addr();
-            tried.push(addr);
+            last = Some(addr);
             outcome.instance = Some(lease.instance_id());
             outcome.retries = retried;
             // The common case, the whole request in memory, goes over an inline connection.
@@ -690,13 +697,11 @@ impl Proxy {
                         return Ok(resp);
                     }
                     let (mut p, b) = resp.into_parts();
-                    for h in HOP_BY_HOP {
-                        p.headers.remove(*h);
-                    }
+                    strip_hop_by_hop(&mut p.headers);
                     if retried > 0
                         && let Ok(v) = HeaderValue::from_str(&retried.to_string())
                     {
-                        p.headers.insert("x-yun-retries", v);
+                        p.headers.insert(RETRIES_HEADER, v);
                     }
                     return Ok(Response::from_parts(p, Hold { inner: b, _held: lease }.boxed()));
                 }
@@ -755,9 +760,7 @@ impl Proxy {
     /// that component's policies apply; the body streams through.
     async fn pass_on(&self, req: Request<Body>, addr: SocketAddr) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
-        for h in HOP_BY_HOP {
-            parts.headers.remove(*h);
-        }
+        strip_hop_by_hop(&mut parts.headers);
         let authority = hyper::http::uri::Authority::try_from(addr.to_string().as_str())
             .unwrap_or_else(|_| hyper::http::uri::Authority::from_static("127.0.0.1"));
         let Some(out) = outgoing(&parts, &authority, body) else {
@@ -766,9 +769,7 @@ impl Proxy {
         match self.send(addr, out).await {
             Ok(resp) => {
                 let (mut p, b) = resp.into_parts();
-                for h in HOP_BY_HOP {
-                    p.headers.remove(*h);
-                }
+                strip_hop_by_hop(&mut p.headers);
                 Response::from_parts(p, b)
             }
             Err(Failure::Connect(e)) | Err(Failure::Upstream(e)) => {
@@ -891,6 +892,28 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
             .get(header::CONNECTION)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// Removes the fields that belong to one connection: the standard ones and any that
+/// `Connection` names (RFC 9110 §7.6.1).
+fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        // The platform's own fields are not the client's to drop.
+        let own = [CALLER_HEADER, HOP, TRACEPARENT, TRACESTATE, header::HOST];
+        for name in named.into_iter().filter(|n| !own.contains(n)) {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
 }
 
 /// Whether the `Cookie` headers carry `name=value`.
@@ -1035,7 +1058,7 @@ fn refusal(status: StatusCode, message: &str, policy: Option<&str>) -> Response<
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(v) = policy.and_then(|p| HeaderValue::from_str(p).ok()) {
-        resp.headers_mut().insert("x-yun-policy", v);
+        resp.headers_mut().insert(POLICY_HEADER, v);
     }
     resp
 }

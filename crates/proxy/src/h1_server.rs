@@ -22,6 +22,8 @@ use crate::h1::{self, Framing};
 
 /// The start of the HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Largest buffer a connection keeps between requests.
+const KEPT_BUFFER: usize = 64 * 1024;
 /// Response bytes gathered before they are written even though more are ready.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -103,6 +105,13 @@ pub(crate) async fn serve(mut stream: TcpStream, proxy: &Proxy, client: &Downstr
         };
         if !write_response(&mut stream, &mut out, resp, &method, close).await.ok()? || close {
             return None;
+        }
+        // Idle connections keep small buffers, whatever the last exchange needed.
+        if out.capacity() > KEPT_BUFFER {
+            out = Vec::with_capacity(8 * 1024);
+        }
+        if buf.is_empty() && buf.capacity() > KEPT_BUFFER {
+            buf = BytesMut::with_capacity(8 * 1024);
         }
     }
 }

@@ -31,6 +31,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle connections kept per instance; more are closed when they come back.
 const MAX_IDLE_PER_ADDR: usize = 512;
 
+/// Largest write buffer an idle connection keeps.
+const KEPT_BUFFER: usize = 16 * 1024;
+
 /// Why a request could not be sent or answered.
 pub(crate) enum SendError {
     /// No connection could be made: the request never left.
@@ -41,10 +44,12 @@ pub(crate) enum SendError {
     Broken(String),
 }
 
-/// A connection this task drives itself, with what it has read past the last message.
+/// A connection this task drives itself, with what it has read past the last message and a
+/// buffer for the next request it writes.
 struct RawConn {
     stream: TcpStream,
     buf: BytesMut,
+    wire: Vec<u8>,
 }
 
 struct IdleRaw {
@@ -110,15 +115,20 @@ impl Http1Pool {
         authority: &str,
         body: &Bytes,
     ) -> Result<Response<Body>, SendError> {
-        let mut wire = Vec::with_capacity(512 + body.len());
-        h1::encode_request_head(method, uri, headers, authority, body.len(), &mut wire);
-        wire.extend_from_slice(body);
         loop {
             let (mut conn, reused) = match self.checkout_raw(addr) {
                 Some(c) => (c, true),
                 None => (connect_raw(addr).await?, false),
             };
-            if let Err(e) = conn.stream.write_all(&wire).await {
+            conn.wire.clear();
+            h1::encode_request_head(method, uri, headers, authority, body.len(), &mut conn.wire);
+            conn.wire.extend_from_slice(body);
+            let written = conn.stream.write_all(&conn.wire).await;
+            if conn.wire.capacity() > KEPT_BUFFER {
+                // A large body's buffer is not kept for the idle connection.
+                conn.wire = Vec::new();
+            }
+            if let Err(e) = written {
                 if reused {
                     continue;
                 }
@@ -275,7 +285,11 @@ async fn open(addr: SocketAddr) -> Result<TcpStream, SendError> {
 }
 
 async fn connect_raw(addr: SocketAddr) -> Result<RawConn, SendError> {
-    Ok(RawConn { stream: open(addr).await?, buf: BytesMut::with_capacity(8 * 1024) })
+    Ok(RawConn {
+        stream: open(addr).await?,
+        buf: BytesMut::with_capacity(8 * 1024),
+        wire: Vec::with_capacity(1024),
+    })
 }
 
 /// Whether an idle connection is still open, without a system call when nothing arrived on

@@ -200,6 +200,15 @@ fn http1_keep_alive_pipelining_head_and_close_behave_as_specified() {
     let rest = read_until(&mut s, |g| g.contains("0\r\n\r\n"));
     assert_eq!((early.clone() + &rest).matches("tick").count(), 3, "{early}{rest}");
 
+    // Fields that `Connection` names are not passed on, except the platform's own.
+    s.write_all(b"GET /header/x-secret HTTP/1.1\r\nhost: a\r\nx-secret: s\r\nconnection: x-secret\r\n\r\n")
+        .unwrap();
+    let stripped = read_until(&mut s, |g| g.contains("\r\n\r\n"));
+    assert!(stripped.to_ascii_lowercase().contains("content-length: 0\r\n"), "{stripped}");
+    s.write_all(b"GET /header/x-yun-caller HTTP/1.1\r\nhost: a\r\nconnection: x-yun-caller\r\n\r\n").unwrap();
+    let caller = read_until(&mut s, |g| g.ends_with("external"));
+    assert!(caller.ends_with("external"), "{caller}");
+
     // `Connection: close` is honoured: the answer says so and the connection ends.
     s.write_all(b"GET /env/TEST_MARKER HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").unwrap();
     let mut last = String::new();
