@@ -350,11 +350,9 @@ impl Proxy {
         };
         let source = &*source_id;
         let hop_trace = self.metrics.traces.as_ref().map(|t| HopContext::begin(t, req.headers_mut()));
-        let (method, path) = match hop_trace {
-            Some(_) => {
-                (req.method().clone(), cut(req.uri().path(), yun_telemetry::MAX_ATTRIBUTE_LEN).to_string())
-            }
-            None => (hyper::Method::GET, String::new()),
+        let (method, path): (_, Box<str>) = match hop_trace {
+            Some(_) => (req.method().clone(), cut(req.uri().path(), yun_telemetry::MAX_ATTRIBUTE_LEN).into()),
+            None => (hyper::Method::GET, Box::default()),
         };
         self.in_flight.inc();
         let in_flight = self.in_flight.clone();
@@ -409,7 +407,7 @@ impl Proxy {
             if let Ok(v) = HeaderValue::from_bytes(&traceparent(hop.trace_id, hop.span_id, hop.sampled)) {
                 resp.headers_mut().insert(TRACERESPONSE, v);
             }
-            let record = self.hop(hop, &method, &path, &guard.name, &source_id, outcome, &resp);
+            let record = self.hop(hop, &method, path, &guard.name, &source_id, outcome, &resp);
             traces.record_hop(record, hop.sampled);
         }
         resp
@@ -421,7 +419,7 @@ impl Proxy {
         &self,
         hop: HopContext,
         method: &hyper::Method,
-        path: &str,
+        path: Box<str>,
         route: &Arc<str>,
         source: &Arc<str>,
         outcome: Outcome,
@@ -443,7 +441,7 @@ impl Proxy {
             app: self.app.clone(),
             component: self.component.clone(),
             method: static_method(method),
-            path: cut(path, yun_telemetry::MAX_ATTRIBUTE_LEN).into(),
+            path,
             status: resp.status().as_u16(),
             route: route.clone(),
             source: source.clone(),
@@ -514,14 +512,15 @@ impl Proxy {
 
         let upgrade = is_upgrade(&req);
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let start = std::time::Instant::now();
+        // Only a breaker needs the time the attempts took.
+        let start = verdict.is_some().then(std::time::Instant::now);
         let attempts = self.attempts(req, client, active, guard, downstream_upgrade, outcome);
         let result = match guard.policy.timeout {
             Some(t) => tokio::time::timeout(t.0, attempts).await.unwrap_or(Err(Failure::Timeout)),
             None => attempts.await,
         };
-        let elapsed = start.elapsed();
-        if let Some(v) = verdict.as_mut() {
+        if let (Some(v), Some(start)) = (verdict.as_mut(), start) {
+            let elapsed = start.elapsed();
             let error = match &result {
                 Ok(r) => r.status().is_server_error(),
                 Err(_) => true,
@@ -530,11 +529,14 @@ impl Proxy {
             v.done = true;
         }
         match result {
-            Ok(resp) => {
-                let (p, b) = resp.into_parts();
-                // The concurrency slot is held until the response body is done.
-                Response::from_parts(p, Hold { inner: b, _held: permit }.boxed())
-            }
+            Ok(resp) => match permit {
+                Some(permit) => {
+                    let (p, b) = resp.into_parts();
+                    // The concurrency slot is held until the response body is done.
+                    Response::from_parts(p, Hold { inner: b, _held: permit }.boxed())
+                }
+                None => resp,
+            },
             Err(Failure::Timeout) => {
                 let t = guard
                     .policy

@@ -56,31 +56,43 @@ pub(crate) struct RequestHead {
     pub uri: Uri,
     pub version: Version,
     pub headers: HeaderMap,
+    /// The head as received; the target and field values share its bytes.
+    pub raw: Bytes,
 }
 
-/// Parses a request head at the start of `buf`: `None` while incomplete, else the head and its
-/// length in bytes.
-pub(crate) fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, Invalid> {
+/// Where each field's name and value lie in a head.
+type FieldSpans = [(usize, usize, usize, usize); MAX_HEADERS];
+
+/// Takes a request head off the front of `buf`: `None` (and `buf` untouched) while it is
+/// incomplete. Field values and the target are slices of the head, not copies.
+pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, Invalid> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut fields);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+    let mut spans: FieldSpans = [(0, 0, 0, 0); MAX_HEADERS];
+    let (len, method, target, version, n) = {
+        let mut req = httparse::Request::new(&mut fields);
+        let len = match req.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+                return Err(Invalid("request head too large"));
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(Invalid("too many header fields")),
+            Err(_) => return Err(Invalid("malformed request head")),
+        };
+        if len > MAX_HEAD {
             return Err(Invalid("request head too large"));
         }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(Invalid("too many header fields")),
-        Err(_) => return Err(Invalid("malformed request head")),
+        let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
+            .map_err(|_| Invalid("invalid method"))?;
+        let target = span(buf, req.path.unwrap_or_default().as_bytes())?;
+        let version = if req.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
+        (len, method, target, version, field_spans(buf, req.headers, &mut spans)?)
     };
-    if len > MAX_HEAD {
-        return Err(Invalid("request head too large"));
-    }
-    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
-        .map_err(|_| Invalid("invalid method"))?;
-    let uri: Uri = req.path.unwrap_or_default().parse().map_err(|_| Invalid("invalid request target"))?;
-    let version = if req.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
-    let headers = header_map(req.headers)?;
-    Ok(Some((RequestHead { method, uri, version, headers }, len)))
+    let raw = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(raw.slice(target.0..target.1))
+        .map_err(|_| Invalid("invalid request target"))?;
+    let headers = shared_header_map(&raw, &spans[..n])?;
+    Ok(Some(RequestHead { method, uri, version, headers, raw }))
 }
 
 /// A parsed response head.
@@ -90,27 +102,63 @@ pub(crate) struct ResponseHead {
     pub headers: HeaderMap,
 }
 
-/// Parses a response head at the start of `buf`: `None` while incomplete, else the head and its
-/// length in bytes.
-pub(crate) fn parse_response(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, Invalid> {
+/// Takes a response head off the front of `buf`: `None` (and `buf` untouched) while it is
+/// incomplete. Field values are slices of the head, not copies.
+pub(crate) fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, Invalid> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut fields);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-            return Err(Invalid("response head too large"));
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(Invalid("too many header fields in the response"));
-        }
-        Err(_) => return Err(Invalid("malformed response head")),
+    let mut spans: FieldSpans = [(0, 0, 0, 0); MAX_HEADERS];
+    let (len, code, version, n) = {
+        let mut resp = httparse::Response::new(&mut fields);
+        let len = match resp.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+                return Err(Invalid("response head too large"));
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Invalid("too many header fields in the response"));
+            }
+            Err(_) => return Err(Invalid("malformed response head")),
+        };
+        let version = if resp.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
+        (len, resp.code.unwrap_or_default(), version, field_spans(buf, resp.headers, &mut spans)?)
     };
-    let status =
-        StatusCode::from_u16(resp.code.unwrap_or_default()).map_err(|_| Invalid("invalid status code"))?;
-    let version = if resp.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
-    let headers = header_map(resp.headers)?;
-    Ok(Some((ResponseHead { status, version, headers }, len)))
+    let raw = buf.split_to(len).freeze();
+    let status = StatusCode::from_u16(code).map_err(|_| Invalid("invalid status code"))?;
+    let headers = shared_header_map(&raw, &spans[..n])?;
+    Ok(Some(ResponseHead { status, version, headers }))
+}
+
+/// The range `part` takes within `base`.
+fn span(base: &[u8], part: &[u8]) -> Result<(usize, usize), Invalid> {
+    let start = (part.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
+    if part.is_empty() {
+        return Ok((0, 0));
+    }
+    match start.checked_add(part.len()) {
+        Some(end) if end <= base.len() => Ok((start, end)),
+        _ => Err(Invalid("malformed head")),
+    }
+}
+
+fn field_spans(base: &[u8], fields: &[httparse::Header<'_>], out: &mut FieldSpans) -> Result<usize, Invalid> {
+    for (slot, f) in out.iter_mut().zip(fields) {
+        let (ns, ne) = span(base, f.name.as_bytes())?;
+        let (vs, ve) = span(base, f.value)?;
+        *slot = (ns, ne, vs, ve);
+    }
+    Ok(fields.len())
+}
+
+fn shared_header_map(head: &Bytes, spans: &[(usize, usize, usize, usize)]) -> Result<HeaderMap, Invalid> {
+    let mut map = HeaderMap::with_capacity(spans.len());
+    for &(ns, ne, vs, ve) in spans {
+        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| Invalid("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            .map_err(|_| Invalid("invalid header value"))?;
+        map.append(name, value);
+    }
+    Ok(map)
 }
 
 fn header_map(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, Invalid> {
@@ -557,12 +605,21 @@ mod tests {
     #[test]
     fn request_heads_parse_into_http_types() {
         let wire = b"POST /a/b?c=1 HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nx-a: 2\r\n\r\nbody";
-        let (head, len) = parse_request(wire).unwrap().unwrap();
-        assert_eq!(len, wire.len() - "body".len());
+        let mut buf = BytesMut::from(&wire[..]);
+        let head = parse_request(&mut buf).unwrap().unwrap();
+        assert_eq!(&buf[..], b"body", "the head is taken off the buffer");
+        assert_eq!(head.raw.len(), wire.len() - "body".len());
         assert_eq!((head.method, head.version), (Method::POST, Version::HTTP_11));
         assert_eq!(head.uri.path_and_query().unwrap().as_str(), "/a/b?c=1");
         assert_eq!(head.headers.get_all("x-a").iter().count(), 2);
-        assert!(parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none(), "incomplete");
+        let incomplete = b"GET / HTTP/1.1\r\nHost: x\r\n";
+        let mut partial = BytesMut::from(&incomplete[..]);
+        assert!(parse_request(&mut partial).unwrap().is_none(), "incomplete");
+        assert_eq!(partial.len(), incomplete.len(), "an incomplete head stays in the buffer");
+        let mut empty_value = BytesMut::from(&b"GET / HTTP/1.1\r\nx-empty:\r\nx-b: b\r\n\r\n"[..]);
+        let head = parse_request(&mut empty_value).unwrap().unwrap();
+        assert_eq!(head.headers["x-empty"], "");
+        assert_eq!(head.headers["x-b"], "b");
     }
 
     #[test]
@@ -574,17 +631,23 @@ mod tests {
             b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n",
             b"GET /\x7f HTTP/1.1\r\n\r\n",
         ] {
-            assert!(parse_request(wire).is_err(), "{:?}", String::from_utf8_lossy(wire));
+            assert!(parse_request(&mut BytesMut::from(wire)).is_err(), "{:?}", String::from_utf8_lossy(wire));
         }
         let mut many = b"GET / HTTP/1.1\r\n".to_vec();
         for i in 0..(MAX_HEADERS + 1) {
             many.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
         }
         many.extend_from_slice(b"\r\n");
-        assert_eq!(parse_request(&many).err(), Some(Invalid("too many header fields")));
+        assert_eq!(
+            parse_request(&mut BytesMut::from(&many[..])).err(),
+            Some(Invalid("too many header fields"))
+        );
         let mut huge = b"GET / HTTP/1.1\r\nx: ".to_vec();
         huge.resize(MAX_HEAD + 10, b'a');
-        assert_eq!(parse_request(&huge).err(), Some(Invalid("request head too large")));
+        assert_eq!(
+            parse_request(&mut BytesMut::from(&huge[..])).err(),
+            Some(Invalid("request head too large"))
+        );
     }
 
     #[test]

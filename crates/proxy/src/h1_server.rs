@@ -39,14 +39,14 @@ pub(crate) async fn serve(mut stream: TcpStream, proxy: &Proxy, client: &Downstr
     let mut out: Vec<u8> = Vec::with_capacity(8 * 1024);
     loop {
         // A whole request head, or the reason not to read one here.
-        let (head, head_len) = loop {
+        let head = loop {
             let preface = buf.len().min(H2_PREFACE.len());
             if preface > 0 && buf[..preface] == H2_PREFACE[..preface] {
                 if preface == H2_PREFACE.len() {
                     return Some(Handoff { stream, read: buf.freeze() });
                 }
             } else {
-                match h1::parse_request(&buf) {
+                match h1::parse_request(&mut buf) {
                     Ok(Some(parsed)) => break parsed,
                     Ok(None) => {}
                     Err(e) => {
@@ -66,14 +66,19 @@ pub(crate) async fn serve(mut stream: TcpStream, proxy: &Proxy, client: &Downstr
         };
         let body_len = match inline_body_len(&head) {
             Some(n) => n,
-            None => return Some(Handoff { stream, read: buf.freeze() }),
+            None => {
+                // hyper reads the head again, then what followed it.
+                let mut read = BytesMut::with_capacity(head.raw.len() + buf.len());
+                read.extend_from_slice(&head.raw);
+                read.extend_from_slice(&buf);
+                return Some(Handoff { stream, read: read.freeze() });
+            }
         };
-        while buf.len() < head_len + body_len {
+        while buf.len() < body_len {
             if fill(&mut stream, &mut buf).await.ok()? == 0 {
                 return None;
             }
         }
-        let _ = buf.split_to(head_len);
         let body = buf.split_to(body_len).freeze();
         let close = h1::connection_has(&head.headers, "close");
         let method = head.method.clone();

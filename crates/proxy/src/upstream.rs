@@ -54,7 +54,8 @@ struct RawConn {
 
 struct IdleRaw {
     conn: RawConn,
-    since: Instant,
+    /// The pool's purge round when it became idle (a clock read per request costs more).
+    since_round: u64,
 }
 
 struct Idle {
@@ -67,6 +68,8 @@ struct Idle {
 pub(crate) struct Http1Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
     raw: Mutex<HashMap<SocketAddr, Vec<IdleRaw>>>,
+    /// Purge rounds so far, one every half idle timeout.
+    round: std::sync::atomic::AtomicU64,
 }
 
 impl Http1Pool {
@@ -87,6 +90,7 @@ impl Http1Pool {
     }
 
     fn purge(&self, now: Instant) {
+        let round = self.round.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let Ok(mut idle) = self.idle.lock() else { return };
         idle.retain(|_, conns| {
             conns.retain(|c| now.duration_since(c.since) < IDLE_TIMEOUT && !c.sender.is_closed());
@@ -95,7 +99,8 @@ impl Http1Pool {
         drop(idle);
         let Ok(mut raw) = self.raw.lock() else { return };
         raw.retain(|_, conns| {
-            conns.retain(|c| now.duration_since(c.since) < IDLE_TIMEOUT && still_open(&c.conn.stream));
+            // Idle for two rounds: between one and one and a half idle timeouts.
+            conns.retain(|c| round - c.since_round < 2 && still_open(&c.conn.stream));
             !conns.is_empty()
         });
     }
@@ -148,9 +153,8 @@ impl Http1Pool {
     fn checkout_raw(&self, addr: SocketAddr) -> Option<RawConn> {
         let mut map = self.raw.lock().ok()?;
         let conns = map.get_mut(&addr)?;
-        let now = Instant::now();
         while let Some(c) = conns.pop() {
-            if now.duration_since(c.since) < IDLE_TIMEOUT && still_open(&c.conn.stream) {
+            if still_open(&c.conn.stream) {
                 return Some(c.conn);
             }
         }
@@ -162,7 +166,7 @@ impl Http1Pool {
         let Ok(mut map) = self.raw.lock() else { return };
         let conns = map.entry(addr).or_default();
         if conns.len() < MAX_IDLE_PER_ADDR {
-            conns.push(IdleRaw { conn, since: Instant::now() });
+            conns.push(IdleRaw { conn, since_round: self.round.load(std::sync::atomic::Ordering::Relaxed) });
         }
     }
 
@@ -318,15 +322,12 @@ enum Unanswered {
 async fn read_head(conn: &mut RawConn) -> Result<h1::ResponseHead, Unanswered> {
     let mut received = false;
     loop {
-        match h1::parse_response(&conn.buf) {
-            Ok(Some((head, len))) => {
-                let _ = conn.buf.split_to(len);
-                match head.status.as_u16() {
-                    101 => return Err(Unanswered::Failed("unexpected 101 Switching Protocols".into())),
-                    100..=199 => continue,
-                    _ => return Ok(head),
-                }
-            }
+        match h1::parse_response(&mut conn.buf) {
+            Ok(Some(head)) => match head.status.as_u16() {
+                101 => return Err(Unanswered::Failed("unexpected 101 Switching Protocols".into())),
+                100..=199 => continue,
+                _ => return Ok(head),
+            },
             Ok(None) => {}
             Err(e) => return Err(Unanswered::Failed(format!("invalid response: {e}"))),
         }

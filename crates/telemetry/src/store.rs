@@ -3,7 +3,9 @@
 //! fails or is slow (so errors and slow requests are never lost to sampling). When a budget is
 //! spent, the oldest traces go first.
 
+use std::collections::hash_map::Entry as Entry_;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -165,7 +167,7 @@ struct Trace {
 /// Traces in arrival order within a byte budget.
 #[derive(Default)]
 struct Area {
-    traces: HashMap<TraceId, Trace>,
+    traces: HashMap<TraceId, Trace, IdHashing>,
     order: VecDeque<TraceId>,
     bytes: usize,
     spans: usize,
@@ -176,15 +178,13 @@ impl Area {
     fn push(&mut self, span: Entry, limits_bytes: usize, per_trace: usize) -> u64 {
         let id = span.trace_id();
         let size = span.approx_bytes();
-        let trace = match self.traces.get_mut(&id) {
-            Some(t) => t,
-            None => {
+        let trace = match self.traces.entry(id) {
+            Entry_::Occupied(t) => t.into_mut(),
+            Entry_::Vacant(slot) => {
                 self.order.push_back(id);
-                let t = self.traces.entry(id).or_default();
                 // The map entry, the order slot and the span list's header.
-                t.bytes = TRACE_OVERHEAD;
                 self.bytes += TRACE_OVERHEAD;
-                t
+                slot.insert(Trace { spans: Vec::new(), bytes: TRACE_OVERHEAD })
             }
         };
         if trace.spans.len() >= per_trace {
@@ -209,11 +209,66 @@ impl Area {
     }
 
     fn take(&mut self, id: &TraceId) -> Option<Trace> {
+        if self.traces.is_empty() {
+            return None;
+        }
         let t = self.traces.remove(id)?;
         self.order.retain(|o| o != id);
         self.bytes -= t.bytes;
         self.spans -= t.spans.len();
         Some(t)
+    }
+}
+
+/// Hashing for maps keyed by trace id: one keyed folded multiply per 8 bytes instead of
+/// SipHash (ids are random already); the per-process key keeps ids that clients choose from
+/// piling into one bucket.
+#[derive(Clone, Copy)]
+struct IdHashing {
+    key: u64,
+    multiplier: u64,
+}
+
+impl Default for IdHashing {
+    fn default() -> IdHashing {
+        IdHashing { key: rand::random(), multiplier: rand::random::<u64>() | 1 }
+    }
+}
+
+impl BuildHasher for IdHashing {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher { state: self.key, multiplier: self.multiplier }
+    }
+}
+
+struct IdHasher {
+    state: u64,
+    multiplier: u64,
+}
+
+impl IdHasher {
+    fn mix(&mut self, word: u64) {
+        let product = u128::from(self.state ^ word) * u128::from(self.multiplier);
+        self.state = (product as u64) ^ ((product >> 64) as u64);
+    }
+}
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.mix(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.mix(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.state
     }
 }
 
@@ -281,7 +336,7 @@ impl TraceStore {
         let Ok(mut inner) = self.inner.lock() else { return };
         let inner = &mut *inner;
         let id = span.trace_id();
-        if inner.kept.traces.contains_key(&id) || sampled || span.error() || slow {
+        if sampled || span.error() || slow || inner.kept.traces.contains_key(&id) {
             if let Some(waiting) = inner.pending.take(&id) {
                 for s in waiting.spans {
                     self.keep(inner, s);
