@@ -231,13 +231,17 @@ enum Command {
 fn main() -> ExitCode {
     restore_sigpipe();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    // Blocking work is short (a caller lookup per new connection, file reads); a small pool
+    // keeps a burst of new connections from leaving dozens of idle threads (and their
+    // allocator arenas) behind.
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().max_blocking_threads(16).enable_all().build() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: cannot start: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {

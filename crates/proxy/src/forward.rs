@@ -383,7 +383,8 @@ impl Proxy {
             (None, None) => self.guarded(req, client, &active, &guard, &mut outcome).await,
         };
         let series = self.series(&guard.name);
-        let elapsed = start.elapsed().as_secs_f64();
+        let took = start.elapsed();
+        let elapsed = took.as_secs_f64();
         series.duration.observe(elapsed);
         self.edge(source).observe(elapsed, resp.status().is_server_error());
         if outcome.retries > 0 {
@@ -407,7 +408,7 @@ impl Proxy {
             if let Ok(v) = HeaderValue::from_bytes(&traceparent(hop.trace_id, hop.span_id, hop.sampled)) {
                 resp.headers_mut().insert(TRACERESPONSE, v);
             }
-            let record = self.hop(hop, &method, path, &guard.name, &source_id, outcome, &resp);
+            let record = self.hop(hop, &method, path, &guard.name, &source_id, outcome, &resp, took);
             traces.record_hop(record, hop.sampled);
         }
         resp
@@ -424,6 +425,7 @@ impl Proxy {
         source: &Arc<str>,
         outcome: Outcome,
         resp: &Response<Body>,
+        took: Duration,
     ) -> yun_telemetry::Hop {
         let policy = resp.headers().get(&POLICY_HEADER).and_then(|v| v.to_str().ok()).map(|p| {
             match ["rateLimit", "concurrency", "circuitBreaker", "timeout", "fault"]
@@ -450,7 +452,9 @@ impl Proxy {
             policy,
             failure: outcome.failure.map(|f| cut(&f, yun_telemetry::MAX_ATTRIBUTE_LEN).into()),
             start_unix_nanos: hop.start_unix_nanos,
-            end_unix_nanos: yun_telemetry::now_unix_nanos(),
+            // From the monotonic clock: one wall-clock read per hop, and never an end before
+            // the start.
+            end_unix_nanos: hop.start_unix_nanos + took.as_nanos() as u64,
         }
     }
 
