@@ -249,6 +249,16 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     Guard(Some(f))
 }
 
+/// How one attempt goes to an instance.
+// Lives on the stack for one attempt; boxing the request would cost an allocation each time.
+#[allow(clippy::large_enum_variant)]
+enum Attempt<'a> {
+    /// The whole request is in memory: over an inline HTTP/1.1 connection.
+    Inline(&'a Bytes),
+    /// Anything else: through hyper.
+    Hyper(Request<Body>),
+}
+
 /// Why an attempt or a request failed, which decides retries and the status code.
 enum Failure {
     /// The request never reached an instance.
@@ -646,31 +656,35 @@ impl Proxy {
             last = Some(addr);
             outcome.instance = Some(lease.instance_id());
             outcome.retries = retried;
-            // The common case, the whole request in memory, goes over an inline connection.
-            let inline = buffered.as_ref().filter(|_| !h2 && !upgrade);
-            let out = match (inline, &buffered, streaming.take()) {
-                (Some(_), _, _) => None,
-                (None, Some(b), _) => Some(Full::new(b.clone()).map_err(|n| match n {}).boxed()),
-                (None, None, Some(s)) => Some(s),
-                (None, None, None) => {
-                    return Err(Failure::Upstream("upstream failed while the body was being sent".into()));
+            // The common case, the whole request in memory, goes over an inline connection;
+            // the rest as a hyper request.
+            let attempt = match (&buffered, streaming.take()) {
+                (Some(b), _) if !h2 && !upgrade => Attempt::Inline(b),
+                (buffered, streaming) => {
+                    let body = match (buffered, streaming) {
+                        (Some(b), _) => Full::new(b.clone()).map_err(|n| match n {}).boxed(),
+                        (None, Some(s)) => s,
+                        (None, None) => {
+                            return Err(Failure::Upstream(
+                                "upstream failed while the body was being sent".into(),
+                            ));
+                        }
+                    };
+                    match outgoing(&parts, lease.authority(), body) {
+                        Some(out) => Attempt::Hyper(out),
+                        None => return Ok(error(StatusCode::BAD_REQUEST, "invalid request target")),
+                    }
                 }
-            };
-            let out = match out.map(|body| outgoing(&parts, lease.authority(), body)) {
-                Some(None) => return Ok(error(StatusCode::BAD_REQUEST, "invalid request target")),
-                Some(Some(out)) => Some(out),
-                None => None,
             };
             let authority = lease.authority().as_str();
             let sent = async {
-                match (inline, out) {
-                    (Some(b), _) => self
+                match attempt {
+                    Attempt::Inline(body) => self
                         .http1
-                        .send_whole(addr, &parts.method, &parts.uri, &parts.headers, authority, b)
+                        .send_whole(addr, &parts.method, &parts.uri, &parts.headers, authority, body)
                         .await
                         .map_err(|e| failure(addr, e)),
-                    (None, Some(out)) => self.send(addr, out).await,
-                    (None, None) => unreachable!("a request without an inline body has a hyper one"),
+                    Attempt::Hyper(out) => self.send(addr, out).await,
                 }
             };
             let outcome = match guard.policy.per_try_timeout {

@@ -38,6 +38,11 @@ impl std::fmt::Display for Invalid {
 
 impl std::error::Error for Invalid {}
 
+/// A request head over [`MAX_HEAD`] bytes.
+pub(crate) const HEAD_TOO_LARGE: Invalid = Invalid("request head too large");
+/// A request head with more than [`MAX_HEADERS`] fields.
+pub(crate) const TOO_MANY_FIELDS: Invalid = Invalid("too many header fields");
+
 /// Reads what the socket has into `buf`; `Ok(0)` is the end of the stream.
 pub(crate) fn poll_fill<R: AsyncRead + Unpin>(
     io: &mut R,
@@ -72,15 +77,13 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, I
         let mut req = httparse::Request::new(&mut fields);
         let len = match req.parse(buf) {
             Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-                return Err(Invalid("request head too large"));
-            }
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(HEAD_TOO_LARGE),
             Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err(Invalid("too many header fields")),
+            Err(httparse::Error::TooManyHeaders) => return Err(TOO_MANY_FIELDS),
             Err(_) => return Err(Invalid("malformed request head")),
         };
         if len > MAX_HEAD {
-            return Err(Invalid("request head too large"));
+            return Err(HEAD_TOO_LARGE);
         }
         let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
             .map_err(|_| Invalid("invalid method"))?;
@@ -638,16 +641,10 @@ mod tests {
             many.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
         }
         many.extend_from_slice(b"\r\n");
-        assert_eq!(
-            parse_request(&mut BytesMut::from(&many[..])).err(),
-            Some(Invalid("too many header fields"))
-        );
+        assert_eq!(parse_request(&mut BytesMut::from(&many[..])).err(), Some(TOO_MANY_FIELDS));
         let mut huge = b"GET / HTTP/1.1\r\nx: ".to_vec();
         huge.resize(MAX_HEAD + 10, b'a');
-        assert_eq!(
-            parse_request(&mut BytesMut::from(&huge[..])).err(),
-            Some(Invalid("request head too large"))
-        );
+        assert_eq!(parse_request(&mut BytesMut::from(&huge[..])).err(), Some(HEAD_TOO_LARGE));
     }
 
     #[test]

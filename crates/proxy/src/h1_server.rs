@@ -50,7 +50,7 @@ pub(crate) async fn serve(mut stream: TcpStream, proxy: &Proxy, client: &Downstr
                     Ok(Some(parsed)) => break parsed,
                     Ok(None) => {}
                     Err(e) => {
-                        let status = if e.0.contains("too large") || e.0.contains("too many") {
+                        let status = if e == h1::HEAD_TOO_LARGE || e == h1::TOO_MANY_FIELDS {
                             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
                         } else {
                             StatusCode::BAD_REQUEST

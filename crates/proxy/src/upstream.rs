@@ -140,7 +140,13 @@ impl Http1Pool {
                 return Err(SendError::Broken(format!("sending the request: {e}")));
             }
             match read_head(&mut conn).await {
-                Ok(head) => return Ok(self.respond(addr, conn, method, head)),
+                Ok(head) => {
+                    // A length that cannot be trusted leaves no way to find where the body
+                    // ends (RFC 9112 §6.3): the answer is unusable.
+                    let framing = h1::response_framing(method, &head)
+                        .map_err(|e| SendError::Broken(format!("invalid response: {e}")))?;
+                    return Ok(self.respond(addr, conn, framing, head));
+                }
                 Err(Unanswered::Closed) if reused && idempotent(method) => continue,
                 Err(Unanswered::Closed) => {
                     return Err(SendError::Broken("connection closed before an answer".into()));
@@ -176,10 +182,9 @@ impl Http1Pool {
         self: &Arc<Self>,
         addr: SocketAddr,
         conn: RawConn,
-        method: &Method,
+        framing: h1::Framing,
         head: h1::ResponseHead,
     ) -> Response<Body> {
-        let framing = h1::response_framing(method, &head).unwrap_or(h1::Framing::Close);
         let reusable = head.version == Version::HTTP_11
             && framing != h1::Framing::Close
             && !h1::connection_has(&head.headers, "close");
@@ -614,9 +619,12 @@ mod tests {
         assert_eq!(get_whole(&pool, chunked, Method::GET).await.unwrap(), "ok!");
         let until_close = answering(b"HTTP/1.1 200 OK\r\n\r\nall of it").await;
         assert_eq!(get_whole(&pool, until_close, Method::GET).await.unwrap(), "all of it");
-        for garbage in
-            [&b"SSH-2.0-OpenSSH\r\n\r\n"[..], b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort", b""]
-        {
+        for garbage in [
+            &b"SSH-2.0-OpenSSH\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
+            b"",
+        ] {
             let addr = answering(garbage).await;
             assert!(
                 get_whole(&pool, addr, Method::GET).await.is_err(),
