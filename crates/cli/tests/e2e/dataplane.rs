@@ -209,12 +209,31 @@ fn http1_keep_alive_pipelining_head_and_close_behave_as_specified() {
     let caller = read_until(&mut s, |g| g.ends_with("external"));
     assert!(caller.ends_with("external"), "{caller}");
 
+    // A request the lean loop does not take on (a chunked upload) hands the connection to
+    // hyper with what was read, and the connection goes on.
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n4\r\nwiki\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    // The echo streams back, so its answer is chunked: complete at the last chunk.
+    let echoed = read_until(&mut s, |g| g.ends_with("0\r\n\r\n"));
+    assert!(echoed.starts_with("HTTP/1.1 200") && echoed.contains("wiki"), "{echoed}");
+
     // `Connection: close` is honoured: the answer says so and the connection ends.
     s.write_all(b"GET /env/TEST_MARKER HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").unwrap();
     let mut last = String::new();
     s.read_to_string(&mut last).unwrap();
     assert!(last.to_ascii_lowercase().contains("connection: close"), "{last}");
     assert!(last.ends_with("h1"), "{last}");
+
+    // HTTP/1.0 is served too (by hyper), and the connection ends after the answer.
+    let mut old = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    old.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    old.write_all(b"GET /env/TEST_MARKER HTTP/1.0\r\nhost: a\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    old.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("h1"), "{answer}");
 }
 
 #[test]
