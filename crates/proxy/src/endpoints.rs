@@ -226,8 +226,11 @@ impl Endpoints {
             n = s.ready.iter().filter(fresh).count();
         }
         let candidate = |i: usize| {
-            let mut it = s.ready.iter();
-            if ignore_ejection { it.filter(fresh).nth(i) } else { it.by_ref().filter(healthy).nth(i) }
+            if ignore_ejection {
+                s.ready.iter().filter(fresh).nth(i)
+            } else {
+                s.ready.iter().filter(healthy).nth(i)
+            }
         };
         let chosen = match n {
             0 => return None,

@@ -7,9 +7,10 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -26,8 +27,11 @@ use crate::h1;
 
 /// How long connecting to an instance may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Idle connections older than this are closed.
+/// Idle connections are closed between one and one and a half of this after their last use:
+/// a purge runs every half of it and counts rounds, so giving a connection back reads no clock.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Purge rounds an idle connection survives.
+const IDLE_ROUNDS: u64 = 3;
 /// Idle connections kept per instance; more are closed when they come back.
 const MAX_IDLE_PER_ADDR: usize = 512;
 
@@ -54,13 +58,13 @@ struct RawConn {
 
 struct IdleRaw {
     conn: RawConn,
-    /// The pool's purge round when it became idle (a clock read per request costs more).
+    /// The pool's purge round when it became idle.
     since_round: u64,
 }
 
 struct Idle {
     sender: SendRequest<Body>,
-    since: Instant,
+    since_round: u64,
 }
 
 /// Idle connections by instance address.
@@ -69,7 +73,7 @@ pub(crate) struct Http1Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
     raw: Mutex<HashMap<SocketAddr, Vec<IdleRaw>>>,
     /// Purge rounds so far, one every half idle timeout.
-    round: std::sync::atomic::AtomicU64,
+    round: AtomicU64,
 }
 
 impl Http1Pool {
@@ -83,24 +87,23 @@ impl Http1Pool {
             loop {
                 tick.tick().await;
                 let Some(pool) = weak.upgrade() else { return };
-                pool.purge(Instant::now());
+                pool.purge();
             }
         });
         pool
     }
 
-    fn purge(&self, now: Instant) {
-        let round = self.round.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    fn purge(&self) {
+        let round = self.round.fetch_add(1, Ordering::Relaxed) + 1;
         let Ok(mut idle) = self.idle.lock() else { return };
         idle.retain(|_, conns| {
-            conns.retain(|c| now.duration_since(c.since) < IDLE_TIMEOUT && !c.sender.is_closed());
+            conns.retain(|c| round - c.since_round < IDLE_ROUNDS && !c.sender.is_closed());
             !conns.is_empty()
         });
         drop(idle);
         let Ok(mut raw) = self.raw.lock() else { return };
         raw.retain(|_, conns| {
-            // Idle for two rounds: between one and one and a half idle timeouts.
-            conns.retain(|c| round - c.since_round < 2 && still_open(&c.conn.stream));
+            conns.retain(|c| round - c.since_round < IDLE_ROUNDS && still_open(&c.conn.stream));
             !conns.is_empty()
         });
     }
@@ -172,7 +175,7 @@ impl Http1Pool {
         let Ok(mut map) = self.raw.lock() else { return };
         let conns = map.entry(addr).or_default();
         if conns.len() < MAX_IDLE_PER_ADDR {
-            conns.push(IdleRaw { conn, since_round: self.round.load(std::sync::atomic::Ordering::Relaxed) });
+            conns.push(IdleRaw { conn, since_round: self.round.load(Ordering::Relaxed) });
         }
     }
 
@@ -242,9 +245,6 @@ impl Http1Pool {
                 }
                 c?
             };
-            if idle.since.elapsed() >= IDLE_TIMEOUT {
-                continue;
-            }
             let mut sender = idle.sender;
             // Usually immediate; it waits only while the connection finishes the previous
             // exchange, and fails if the instance closed it.
@@ -261,7 +261,7 @@ impl Http1Pool {
         let Ok(mut map) = self.idle.lock() else { return };
         let conns = map.entry(addr).or_default();
         if conns.len() < MAX_IDLE_PER_ADDR {
-            conns.push(Idle { sender, since: Instant::now() });
+            conns.push(Idle { sender, since_round: self.round.load(Ordering::Relaxed) });
         }
     }
 

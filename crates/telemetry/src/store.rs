@@ -3,7 +3,7 @@
 //! fails or is slow (so errors and slow requests are never lost to sampling). When a budget is
 //! spent, the oldest traces go first.
 
-use std::collections::hash_map::Entry as Entry_;
+use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Mutex;
@@ -179,8 +179,8 @@ impl Area {
         let id = span.trace_id();
         let size = span.approx_bytes();
         let trace = match self.traces.entry(id) {
-            Entry_::Occupied(t) => t.into_mut(),
-            Entry_::Vacant(slot) => {
+            MapEntry::Occupied(t) => t.into_mut(),
+            MapEntry::Vacant(slot) => {
                 self.order.push_back(id);
                 // The map entry, the order slot and the span list's header.
                 self.bytes += TRACE_OVERHEAD;

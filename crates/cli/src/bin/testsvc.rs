@@ -240,15 +240,12 @@ async fn serve(mut req: Request<Incoming>, state: &State) -> Response<Body> {
             Response::new(StreamBody::new(Channel(rx)).boxed())
         }
         ("GET", "/trailers") => {
-            let frames = vec![
-                Ok::<_, hyper::Error>(Frame::data(Bytes::from_static(b"payload"))),
-                Ok(Frame::trailers({
-                    let mut t = hyper::HeaderMap::new();
-                    t.insert("x-checksum", hyper::header::HeaderValue::from_static("done"));
-                    t
-                })),
-            ];
-            Response::new(StreamBody::new(futures_stream(frames)).boxed())
+            let mut trailers = hyper::HeaderMap::new();
+            trailers.insert("x-checksum", hyper::header::HeaderValue::from_static("done"));
+            let (tx, rx) = tokio::sync::mpsc::channel(2);
+            let _ = tx.try_send(Ok(Frame::data(Bytes::from_static(b"payload"))));
+            let _ = tx.try_send(Ok(Frame::trailers(trailers)));
+            Response::new(StreamBody::new(Channel(rx)).boxed())
         }
         ("GET", "/upgrade") => {
             let on = hyper::upgrade::on(&mut req);
@@ -282,7 +279,6 @@ async fn serve(mut req: Request<Incoming>, state: &State) -> Response<Body> {
     }
 }
 
-/// A stream over a fixed list of frames.
 /// Frames from a channel, as a stream.
 struct Channel(tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, hyper::Error>>);
 
@@ -294,20 +290,4 @@ impl futures_core::Stream for Channel {
     ) -> std::task::Poll<Option<Self::Item>> {
         self.0.poll_recv(cx)
     }
-}
-
-fn futures_stream(
-    frames: Vec<Result<Frame<Bytes>, hyper::Error>>,
-) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, hyper::Error>> {
-    struct Iter(std::vec::IntoIter<Result<Frame<Bytes>, hyper::Error>>);
-    impl futures_core::Stream for Iter {
-        type Item = Result<Frame<Bytes>, hyper::Error>;
-        fn poll_next(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Self::Item>> {
-            std::task::Poll::Ready(self.0.next())
-        }
-    }
-    Iter(frames.into_iter())
 }
