@@ -23,6 +23,7 @@ use yun_telemetry::context::traceparent;
 use yun_telemetry::{SpanId, TraceContext, TraceId, TraceStore};
 
 use crate::endpoints::{Balancer, Endpoints, Lease};
+use crate::h1::{HOP_BY_HOP, PassedFields};
 use crate::metrics::{ComponentLabels, InstanceLabels, Metrics, RejectLabels, RouteLabels, RouteSeries};
 use crate::policy::{Admit, Breaker, Guard, Policies, Ticket, route_matches};
 use crate::traffic::EdgeCounters;
@@ -43,19 +44,6 @@ pub(crate) type Body = BoxBody<Bytes, BoxError>;
 pub(crate) const RETRY_BUFFER_BYTES: u64 = 256 * 1024;
 /// Attempts on distinct instances for a request that could not be sent.
 const MAX_CONNECT_ATTEMPTS: usize = 3;
-
-/// Headers that belong to one connection and are not forwarded.
-static HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 pub(crate) struct Proxy {
     app: Arc<str>,
@@ -180,6 +168,10 @@ struct Outcome {
     instance: Option<Arc<str>>,
     retries: u32,
     failure: Option<String>,
+    /// Whether the caller of `serve` takes an instance's fields as they came.
+    pass: bool,
+    /// The instance's answer's fields, when they are passed on as received.
+    passed: Option<PassedFields>,
 }
 
 /// This hop's part in a trace: the context it arrived with (or a new trace), and its own span,
@@ -235,6 +227,8 @@ const TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
 const POLICY_HEADER: HeaderName = HeaderName::from_static("x-yun-policy");
 const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const RETRIES_HEADER: HeaderName = HeaderName::from_static("x-yun-retries");
+/// Fields of an instance's answer that the proxy reads.
+static READ_FROM_ANSWERS: [HeaderName; 1] = [POLICY_HEADER];
 
 /// Runs `f` when dropped (also when the request future is dropped because the client left).
 fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
@@ -337,7 +331,33 @@ impl Proxy {
     }
 
     /// Handles one request from `client`.
-    pub(crate) async fn handle(&self, mut req: Request<Body>, client: &Downstream) -> Response<Body> {
+    pub(crate) async fn handle(&self, req: Request<Body>, client: &Downstream) -> Response<Body> {
+        let (mut resp, passed) = self.serve(req, client, false).await;
+        if let Some(p) = passed
+            && p.append_to(resp.headers_mut()).is_err()
+        {
+            return error(StatusCode::BAD_GATEWAY, "invalid response header from the instance");
+        }
+        resp
+    }
+
+    /// Handles one request for a writer that copies an instance's answer's fields as they
+    /// came ([`PassedFields`]) instead of taking a map apart; the response's map then holds
+    /// only the fields the proxy adds.
+    pub(crate) async fn handle_passing(
+        &self,
+        req: Request<Body>,
+        client: &Downstream,
+    ) -> (Response<Body>, Option<PassedFields>) {
+        self.serve(req, client, true).await
+    }
+
+    async fn serve(
+        &self,
+        mut req: Request<Body>,
+        client: &Downstream,
+        pass: bool,
+    ) -> (Response<Body>, Option<PassedFields>) {
         let hop = &*client.hop;
         // The caller as the platform sees it; whatever a client claimed is replaced, except on
         // requests this daemon passed on and vouched for.
@@ -372,7 +392,7 @@ impl Proxy {
         let start = std::time::Instant::now();
         let active = self.active();
         let guard = active.policies.for_request(req.method().as_str(), req.uri().path(), source).clone();
-        let mut outcome = Outcome::default();
+        let mut outcome = Outcome { pass, ..Outcome::default() };
         let (delay, abort) = active.fault(req.method().as_str(), req.uri().path(), source);
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
@@ -414,6 +434,7 @@ impl Proxy {
         }
         series.requests(source, outcome.instance.as_deref().unwrap_or("none"), resp.status().as_u16()).inc();
         let mut resp = resp;
+        let passed = outcome.passed.take();
         if let (Some(hop), Some(traces)) = (hop_trace, &self.metrics.traces) {
             if let Ok(v) = HeaderValue::from_bytes(&traceparent(hop.trace_id, hop.span_id, hop.sampled)) {
                 resp.headers_mut().insert(TRACERESPONSE, v);
@@ -421,7 +442,7 @@ impl Proxy {
             let record = self.hop(hop, &method, path, &guard.name, &source_id, outcome, &resp, took);
             traces.record_hop(record, hop.sampled);
         }
-        resp
+        (resp, passed)
     }
 
     /// The record of one request through this hop.
@@ -624,6 +645,8 @@ impl Proxy {
             }
         }
         let retries = guard.policy.retries.as_ref();
+        // Fields the proxy reads from an answer keep it on the general path.
+        let pass = outcome.pass.then_some(&READ_FROM_ANSWERS[..]);
         let may_resend =
             buffered.is_some() && (idempotent(&parts.method) || retries.is_some_and(|r| r.non_idempotent));
         let mut downstream_upgrade = downstream_upgrade;
@@ -681,13 +704,13 @@ impl Proxy {
                 match attempt {
                     Attempt::Inline(body) => self
                         .http1
-                        .send_whole(addr, &parts.method, &parts.uri, &parts.headers, authority, body)
+                        .send_whole(addr, &parts.method, &parts.uri, &parts.headers, authority, body, pass)
                         .await
                         .map_err(|e| failure(addr, e)),
-                    Attempt::Hyper(out) => self.send(addr, out).await,
+                    Attempt::Hyper(out) => self.send(addr, out).await.map(|resp| (resp, None)),
                 }
             };
-            let outcome = match guard.policy.per_try_timeout {
+            let answer = match guard.policy.per_try_timeout {
                 Some(t) => tokio::time::timeout(t.0, sent).await.unwrap_or(Err(Failure::Timeout)),
                 None => sent.await,
             };
@@ -696,8 +719,8 @@ impl Proxy {
                 retries.is_some_and(|r| retried < r.attempts)
                     && guard.budget.as_ref().is_some_and(|b| b.withdraw())
             };
-            match outcome {
-                Ok(mut resp) => {
+            match answer {
+                Ok((mut resp, passed)) => {
                     let status = resp.status();
                     self.record(&lease, !status.is_server_error());
                     let retryable = (status.is_server_error() && retry_on(RetryOn::ServerError))
@@ -723,6 +746,7 @@ impl Proxy {
                     {
                         p.headers.insert(RETRIES_HEADER, v);
                     }
+                    outcome.passed = passed;
                     return Ok(Response::from_parts(p, Hold { inner: b, _held: lease }.boxed()));
                 }
                 Err(Failure::Connect(e)) => {
@@ -917,25 +941,36 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 /// Removes the fields that belong to one connection: the standard ones and any that
 /// `Connection` names (RFC 9110 §7.6.1).
 fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
-    // Usually there are none: one pass of cheap comparisons instead of a lookup per name.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
-        return;
-    }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        // The platform's own fields are not the client's to drop.
-        let own = [CALLER_HEADER, HOP, TRACEPARENT, TRACESTATE, header::HOST];
-        for name in named.into_iter().filter(|n| !own.contains(n)) {
-            headers.remove(name);
+    // Usually there are none, or only `Connection: keep-alive`: one pass of cheap comparisons
+    // finds which are there, and only those are looked up again to be removed.
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut any = false;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present[i] = true;
+            any = true;
         }
     }
-    for name in &HOP_BY_HOP {
+    if !any {
+        return;
+    }
+    // Fields `Connection` names besides the standard ones (rare). The platform's own fields
+    // are not the client's to drop.
+    let own = [CALLER_HEADER, HOP, TRACEPARENT, TRACESTATE, header::HOST];
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h.as_str())))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|n| !own.contains(n))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
 }

@@ -8,6 +8,7 @@
 //! whichever way a request came in.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -65,17 +66,24 @@ pub(crate) struct RequestHead {
     pub raw: Bytes,
 }
 
-/// Where each field's name and value lie in a head.
-type FieldSpans = [(usize, usize, usize, usize); MAX_HEADERS];
+/// Where a field's name and value lie in a head (start and end of each; heads are at most
+/// [`MAX_HEAD`] bytes).
+type FieldSpan = (u32, u32, u32, u32);
+type FieldSpans = [FieldSpan; MAX_HEADERS];
+
+/// Room for the fields of one head, left uninitialised: httparse fills what it parses.
+fn field_slots<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { MaybeUninit::uninit() }; MAX_HEADERS]
+}
 
 /// Takes a request head off the front of `buf`: `None` (and `buf` untouched) while it is
 /// incomplete. Field values and the target are slices of the head, not copies.
 pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, Invalid> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut fields = field_slots();
     let mut spans: FieldSpans = [(0, 0, 0, 0); MAX_HEADERS];
     let (len, method, target, version, n) = {
-        let mut req = httparse::Request::new(&mut fields);
-        let len = match req.parse(buf) {
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req.parse_with_uninit_headers(buf, &mut fields) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(HEAD_TOO_LARGE),
             Ok(httparse::Status::Partial) => return Ok(None),
@@ -94,25 +102,130 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, I
     let raw = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(raw.slice(target.0..target.1))
         .map_err(|_| Invalid("invalid request target"))?;
-    let headers = shared_header_map(&raw, &spans[..n])?;
+    let headers = shared_header_map(&raw, &spans[..n], REQUEST_FIELDS_ADDED)?;
     Ok(Some(RequestHead { method, uri, version, headers, raw }))
 }
 
-/// A parsed response head.
+/// The fields that belong to one connection (RFC 9110 §7.6.1); never passed on.
+pub(crate) static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// A parsed response head. Its fields stay where they arrived until they are wanted as a map,
+/// or are passed on as they are.
 pub(crate) struct ResponseHead {
     pub status: StatusCode,
     pub version: Version,
-    pub headers: HeaderMap,
+    raw: Bytes,
+    fields: Vec<FieldSpan>,
+}
+
+impl ResponseHead {
+    fn name(&self, f: &FieldSpan) -> &[u8] {
+        &self.raw[f.0 as usize..f.1 as usize]
+    }
+
+    fn value(&self, f: &FieldSpan) -> &[u8] {
+        &self.raw[f.2 as usize..f.3 as usize]
+    }
+
+    /// The values of field `name` (lower case), in order.
+    fn values<'a>(&'a self, name: &'a str) -> impl DoubleEndedIterator<Item = &'a [u8]> + 'a {
+        self.fields
+            .iter()
+            .filter(move |f| self.name(f).eq_ignore_ascii_case(name.as_bytes()))
+            .map(|f| self.value(f))
+    }
+
+    /// The fields as a map, with room for the ones the proxy adds.
+    pub(crate) fn header_map(&self) -> Result<HeaderMap, Invalid> {
+        shared_header_map(&self.raw, &self.fields, RESPONSE_FIELDS_ADDED)
+    }
+
+    /// Whether `Connection` lists `close`.
+    pub(crate) fn closes(&self) -> bool {
+        lists_token(self.values("connection"), "close")
+    }
+
+    /// The fields to pass to the client as they arrived: all but the hop-by-hop and framing
+    /// ones, `Content-Length` kept when `keep_length` (see [`write_fields`]). The head comes
+    /// back when it needs the general path: `Connection` names other fields, or a field is
+    /// one of `read_by_proxy`.
+    pub(crate) fn passed(
+        self,
+        keep_length: bool,
+        read_by_proxy: &[HeaderName],
+    ) -> Result<PassedFields, Self> {
+        let is = |name: &[u8], n: &HeaderName| name.eq_ignore_ascii_case(n.as_str().as_bytes());
+        let mut has_date = false;
+        for f in &self.fields {
+            let name = self.name(f);
+            if read_by_proxy.iter().any(|n| is(name, n)) {
+                return Err(self);
+            }
+            has_date |= is(name, &header::DATE);
+        }
+        let only_standard = self
+            .values("connection")
+            .flat_map(|v| v.split(|b| *b == b','))
+            .map(|t| t.trim_ascii())
+            .all(|t| t.is_empty() || HOP_BY_HOP.iter().any(|h| is(t, h)));
+        if !only_standard {
+            return Err(self);
+        }
+        let mut fields = self.fields;
+        fields.retain(|f| {
+            let name = &self.raw[f.0 as usize..f.1 as usize];
+            !HOP_BY_HOP.iter().any(|h| is(name, h)) && (keep_length || !is(name, &header::CONTENT_LENGTH))
+        });
+        Ok(PassedFields { raw: self.raw, fields, has_date })
+    }
+}
+
+/// Response fields passed to the client as received, with no map built or taken apart; see
+/// [`ResponseHead::passed`].
+pub(crate) struct PassedFields {
+    raw: Bytes,
+    fields: Vec<FieldSpan>,
+    has_date: bool,
+}
+
+impl PassedFields {
+    fn write(&self, out: &mut Vec<u8>) {
+        for &(ns, ne, vs, ve) in &self.fields {
+            out.extend_from_slice(&self.raw[ns as usize..ne as usize]);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(&self.raw[vs as usize..ve as usize]);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// Adds the fields to `headers`, for a writer that only knows maps.
+    pub(crate) fn append_to(&self, headers: &mut HeaderMap) -> Result<(), Invalid> {
+        append_fields(&self.raw, &self.fields, headers)
+    }
 }
 
 /// Takes a response head off the front of `buf`: `None` (and `buf` untouched) while it is
 /// incomplete. Field values are slices of the head, not copies.
 pub(crate) fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, Invalid> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut fields = field_slots();
     let mut spans: FieldSpans = [(0, 0, 0, 0); MAX_HEADERS];
     let (len, code, version, n) = {
-        let mut resp = httparse::Response::new(&mut fields);
-        let len = match resp.parse(buf) {
+        let mut resp = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            buf,
+            &mut fields,
+        ) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
                 return Err(Invalid("response head too large"));
@@ -128,8 +241,7 @@ pub(crate) fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>,
     };
     let raw = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| Invalid("invalid status code"))?;
-    let headers = shared_header_map(&raw, &spans[..n])?;
-    Ok(Some(ResponseHead { status, version, headers }))
+    Ok(Some(ResponseHead { status, version, raw, fields: spans[..n].to_vec() }))
 }
 
 /// The range `part` takes within `base`.
@@ -145,23 +257,38 @@ fn span(base: &[u8], part: &[u8]) -> Result<(usize, usize), Invalid> {
 }
 
 fn field_spans(base: &[u8], fields: &[httparse::Header<'_>], out: &mut FieldSpans) -> Result<usize, Invalid> {
+    let offset = |n: usize| u32::try_from(n).map_err(|_| Invalid("malformed head"));
     for (slot, f) in out.iter_mut().zip(fields) {
         let (ns, ne) = span(base, f.name.as_bytes())?;
         let (vs, ve) = span(base, f.value)?;
-        *slot = (ns, ne, vs, ve);
+        *slot = (offset(ns)?, offset(ne)?, offset(vs)?, offset(ve)?);
     }
     Ok(fields.len())
 }
 
-fn shared_header_map(head: &Bytes, spans: &[(usize, usize, usize, usize)]) -> Result<HeaderMap, Invalid> {
-    let mut map = HeaderMap::with_capacity(spans.len());
+/// Room for the fields the proxy adds to a request (caller, hop, trace context, forwarded-for),
+/// so the map does not grow on the way.
+const REQUEST_FIELDS_ADDED: usize = 5;
+/// The same for a response (trace response, retries).
+const RESPONSE_FIELDS_ADDED: usize = 2;
+
+/// The map of the fields at `spans` in `head`, with room for `extra` more.
+fn shared_header_map(head: &Bytes, spans: &[FieldSpan], extra: usize) -> Result<HeaderMap, Invalid> {
+    let mut map = HeaderMap::with_capacity(spans.len() + extra);
+    append_fields(head, spans, &mut map)?;
+    Ok(map)
+}
+
+/// Appends the fields at `spans` in `head`; values share its bytes.
+fn append_fields(head: &Bytes, spans: &[FieldSpan], map: &mut HeaderMap) -> Result<(), Invalid> {
     for &(ns, ne, vs, ve) in spans {
+        let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
         let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| Invalid("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
             .map_err(|_| Invalid("invalid header value"))?;
         map.append(name, value);
     }
-    Ok(map)
+    Ok(())
 }
 
 fn header_map(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, Invalid> {
@@ -190,9 +317,13 @@ pub(crate) enum Framing {
 /// The single value of `Content-Length`; repeated equal values count as one, differing ones or
 /// a non-number are invalid.
 pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Invalid> {
+    length_of(headers.get_all(header::CONTENT_LENGTH).iter().map(HeaderValue::as_bytes))
+}
+
+fn length_of<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<u64>, Invalid> {
     let mut found: Option<u64> = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.to_str().map_err(|_| Invalid("invalid content-length"))?.split(',') {
+    for v in values {
+        for part in std::str::from_utf8(v).map_err(|_| Invalid("invalid content-length"))?.split(',') {
             let part = part.trim();
             if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(Invalid("invalid content-length"));
@@ -208,26 +339,28 @@ pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Invalid
 }
 
 /// Whether the last transfer coding is `chunked`.
-fn chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
+fn chunked<'a>(mut codings: impl DoubleEndedIterator<Item = &'a [u8]>) -> bool {
+    codings
         .next_back()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+        .and_then(|v| v.rsplit(|b| *b == b',').next())
+        .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// Whether a response with `status` to `method` has no body, whatever its fields say.
+pub(crate) fn bodyless(method: &Method, status: StatusCode) -> bool {
+    let s = status.as_u16();
+    *method == Method::HEAD || (100..200).contains(&s) || s == 204 || s == 304
 }
 
 /// How the body of a response to `method` is delimited.
 pub(crate) fn response_framing(method: &Method, head: &ResponseHead) -> Result<Framing, Invalid> {
-    let s = head.status.as_u16();
-    if *method == Method::HEAD || (100..200).contains(&s) || s == 204 || s == 304 {
+    if bodyless(method, head.status) {
         return Ok(Framing::Empty);
     }
-    if head.headers.contains_key(header::TRANSFER_ENCODING) {
-        return Ok(if chunked(&head.headers) { Framing::Chunked } else { Framing::Close });
+    if head.values("transfer-encoding").next().is_some() {
+        return Ok(if chunked(head.values("transfer-encoding")) { Framing::Chunked } else { Framing::Close });
     }
-    Ok(match content_length(&head.headers)? {
+    Ok(match length_of(head.values("content-length"))? {
         Some(0) => Framing::Empty,
         Some(n) => Framing::Length(n),
         None => Framing::Close,
@@ -236,12 +369,13 @@ pub(crate) fn response_framing(method: &Method, head: &ResponseHead) -> Result<F
 
 /// Whether `Connection` lists `token`.
 pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    lists_token(headers.get_all(header::CONNECTION).iter().map(HeaderValue::as_bytes), token)
+}
+
+fn lists_token<'a>(values: impl Iterator<Item = &'a [u8]>, token: &str) -> bool {
+    values
+        .flat_map(|v| v.split(|b| *b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Appends `name: value\r\n` for every field except the framing ones, which the writer of a
@@ -293,6 +427,7 @@ pub(crate) fn encode_request_head(
 /// `Content-Length`); `close` announces that the connection ends after it.
 pub(crate) fn encode_response_head(
     status: StatusCode,
+    passed: Option<&PassedFields>,
     headers: &HeaderMap,
     framing: Framing,
     close: bool,
@@ -303,8 +438,11 @@ pub(crate) fn encode_response_head(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    if let Some(p) = passed {
+        p.write(out);
+    }
     write_fields(headers, framing == Framing::Empty, out);
-    if !headers.contains_key(header::DATE) {
+    if !passed.is_some_and(|p| p.has_date) && !headers.contains_key(header::DATE) {
         out.extend_from_slice(b"date: ");
         out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -650,12 +788,12 @@ mod tests {
     #[test]
     fn response_framing_follows_rfc_9112() {
         let head = |status: u16, fields: &[(&str, &str)]| {
-            let mut headers = HeaderMap::new();
+            let mut raw = format!("HTTP/1.1 {status} X\r\n");
             for (k, v) in fields {
-                headers
-                    .append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+                raw.push_str(&format!("{k}: {v}\r\n"));
             }
-            ResponseHead { status: StatusCode::from_u16(status).unwrap(), version: Version::HTTP_11, headers }
+            raw.push_str("\r\n");
+            parse_response(&mut BytesMut::from(raw.as_bytes())).unwrap().unwrap()
         };
         let get = Method::GET;
         assert_eq!(response_framing(&get, &head(200, &[("content-length", "12")])), Ok(Framing::Length(12)));
@@ -695,11 +833,65 @@ mod tests {
         );
         let mut out = Vec::new();
         headers.insert("date", HeaderValue::from_static("Thu, 26 Nov 2026 10:00:00 GMT"));
-        encode_response_head(StatusCode::NOT_FOUND, &headers, Framing::Chunked, true, &mut out);
+        encode_response_head(StatusCode::NOT_FOUND, None, &headers, Framing::Chunked, true, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 404 Not Found\r\nx-a: 1\r\ndate: Thu, 26 Nov 2026 10:00:00 GMT\r\n\
              transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
         );
+    }
+
+    fn response(head: &str) -> ResponseHead {
+        parse_response(&mut BytesMut::from(head.as_bytes())).unwrap().unwrap()
+    }
+
+    #[test]
+    fn passed_fields_leave_out_hop_by_hop_and_framing_ones() {
+        let head = "HTTP/1.1 200 OK\r\nServer: up\r\nDate: Thu, 26 Nov 2026 10:00:00 GMT\r\n\
+                    Content-Length: 5\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+                    X-Thing: a\r\nX-Thing: b\r\n\r\n";
+        let reads = [HeaderName::from_static("x-yun-policy")];
+        let passed = response(head).passed(false, &reads).ok().unwrap();
+        let mut added = HeaderMap::new();
+        added.insert("traceresponse", HeaderValue::from_static("00-1"));
+        let mut out = Vec::new();
+        encode_response_head(StatusCode::OK, Some(&passed), &added, Framing::Length(5), false, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nServer: up\r\nDate: Thu, 26 Nov 2026 10:00:00 GMT\r\nX-Thing: a\r\n\
+             X-Thing: b\r\ntraceresponse: 00-1\r\ncontent-length: 5\r\n\r\n"
+        );
+        // The same fields as a map, for writers that only know maps.
+        let mut map = HeaderMap::new();
+        passed.append_to(&mut map).unwrap();
+        assert_eq!(map.get_all("x-thing").iter().count(), 2);
+        assert!(!map.contains_key("keep-alive") && !map.contains_key("content-length"));
+
+        // The answer to HEAD keeps its length; no date is made up when the instance sent one.
+        let passed = response(head).passed(true, &reads).ok().unwrap();
+        let mut out = Vec::new();
+        encode_response_head(
+            StatusCode::OK,
+            Some(&passed),
+            &HeaderMap::new(),
+            Framing::Empty,
+            false,
+            &mut out,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("Content-Length: 5\r\n") && text.matches("ate:").count() == 1, "{text}");
+    }
+
+    #[test]
+    fn heads_the_proxy_must_read_or_rewrite_take_the_general_path() {
+        let reads = [HeaderName::from_static("x-yun-policy")];
+        // A field the proxy reads.
+        let head = response("HTTP/1.1 429 X\r\nX-Yun-Policy: rateLimit\r\n\r\n");
+        assert!(head.passed(false, &reads).is_err());
+        // `Connection` naming a field that must then be dropped as well.
+        let head = response("HTTP/1.1 200 OK\r\nConnection: x-secret, close\r\nX-Secret: 1\r\n\r\n");
+        let head = head.passed(false, &reads).err().unwrap();
+        assert!(head.closes());
+        assert_eq!(head.header_map().unwrap().len(), 2);
     }
 }

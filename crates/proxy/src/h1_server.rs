@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::forward::{Body, Downstream, Proxy, RETRY_BUFFER_BYTES};
-use crate::h1::{self, Framing};
+use crate::h1::{self, Framing, PassedFields};
 
 /// The start of the HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -93,7 +93,7 @@ pub(crate) async fn serve(mut stream: TcpStream, proxy: &Proxy, client: &Downstr
         *req.headers_mut() = head.headers;
 
         // The answer; a client that goes away meanwhile cancels the request, as with hyper.
-        let mut handling = std::pin::pin!(proxy.handle(req, client));
+        let mut handling = std::pin::pin!(proxy.handle_passing(req, client));
         let resp = loop {
             if buf.len() >= h1::MAX_HEAD {
                 break handling.await;
@@ -150,13 +150,12 @@ async fn fill(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
 async fn write_response(
     stream: &mut TcpStream,
     out: &mut Vec<u8>,
-    resp: Response<Body>,
+    (resp, passed): (Response<Body>, Option<PassedFields>),
     method: &Method,
     close: bool,
 ) -> io::Result<bool> {
     let (parts, mut body) = resp.into_parts();
-    let status = parts.status.as_u16();
-    let bodyless = *method == Method::HEAD || (100..200).contains(&status) || status == 204 || status == 304;
+    let bodyless = h1::bodyless(method, parts.status);
     let framing = if bodyless {
         Framing::Empty
     } else {
@@ -166,7 +165,7 @@ async fn write_response(
         }
     };
     out.clear();
-    h1::encode_response_head(parts.status, &parts.headers, framing, close, out);
+    h1::encode_response_head(parts.status, passed.as_ref(), &parts.headers, framing, close, out);
     if bodyless {
         stream.write_all(out).await?;
         return Ok(true);
@@ -230,7 +229,7 @@ async fn write_refusal(stream: &mut TcpStream, status: StatusCode, message: &str
     let mut headers = hyper::HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let mut out = Vec::new();
-    h1::encode_response_head(status, &headers, Framing::Length(body.len() as u64), true, &mut out);
+    h1::encode_response_head(status, None, &headers, Framing::Length(body.len() as u64), true, &mut out);
     out.extend_from_slice(body.as_bytes());
     stream.write_all(&out).await?;
     stream.shutdown().await

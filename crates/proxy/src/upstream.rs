@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::HeaderMap;
+use hyper::header::{HeaderMap, HeaderName};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
@@ -112,7 +112,8 @@ impl Http1Pool {
     /// form, `Host` set from `authority` when missing) and body in one write, then the answer's
     /// head read here; its body is read as the caller polls it. A reused connection that the
     /// instance had closed is replaced, and the request sent again when nothing was sent or the
-    /// method is idempotent.
+    /// method is idempotent. With `pass`, the answer's fields come back as [`h1::PassedFields`]
+    /// (and the response's map holds none) unless one of `pass` is among them.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn send_whole(
         self: &Arc<Self>,
@@ -122,7 +123,8 @@ impl Http1Pool {
         headers: &HeaderMap,
         authority: &str,
         body: &Bytes,
-    ) -> Result<Response<Body>, SendError> {
+        pass: Option<&[HeaderName]>,
+    ) -> Result<(Response<Body>, Option<h1::PassedFields>), SendError> {
         loop {
             let (mut conn, reused) = match self.checkout_raw(addr) {
                 Some(c) => (c, true),
@@ -148,7 +150,10 @@ impl Http1Pool {
                     // ends (RFC 9112 §6.3): the answer is unusable.
                     let framing = h1::response_framing(method, &head)
                         .map_err(|e| SendError::Broken(format!("invalid response: {e}")))?;
-                    return Ok(self.respond(addr, conn, framing, head));
+                    let keep_length = h1::bodyless(method, head.status);
+                    return self
+                        .respond(addr, conn, framing, head, pass.map(|p| (keep_length, p)))
+                        .map_err(|e| SendError::Broken(format!("invalid response: {e}")));
                 }
                 Err(Unanswered::Closed) if reused && idempotent(method) => continue,
                 Err(Unanswered::Closed) => {
@@ -180,17 +185,17 @@ impl Http1Pool {
     }
 
     /// The response with a body read from `conn`, which goes back to the pool when the body
-    /// ends if the connection can carry another exchange.
+    /// ends if the connection can carry another exchange; its fields passed as they are when
+    /// `pass` allows (whether to keep the length, and the fields that need a map).
     fn respond(
         self: &Arc<Self>,
         addr: SocketAddr,
         conn: RawConn,
         framing: h1::Framing,
         head: h1::ResponseHead,
-    ) -> Response<Body> {
-        let reusable = head.version == Version::HTTP_11
-            && framing != h1::Framing::Close
-            && !h1::connection_has(&head.headers, "close");
+        pass: Option<(bool, &[HeaderName])>,
+    ) -> Result<(Response<Body>, Option<h1::PassedFields>), h1::Invalid> {
+        let reusable = head.version == Version::HTTP_11 && framing != h1::Framing::Close && !head.closes();
         let mut body = RawBody {
             decoder: h1::BodyDecoder::new(framing),
             conn: Some(conn),
@@ -201,8 +206,15 @@ impl Http1Pool {
         }
         let mut resp = Response::new(body.boxed());
         *resp.status_mut() = head.status;
-        *resp.headers_mut() = head.headers;
-        resp
+        let head = match pass {
+            Some((keep_length, read_by_proxy)) => match head.passed(keep_length, read_by_proxy) {
+                Ok(passed) => return Ok((resp, Some(passed))),
+                Err(head) => head,
+            },
+            None => head,
+        };
+        *resp.headers_mut() = head.header_map()?;
+        Ok((resp, None))
     }
 
     /// Sends `req` (origin-form URI, `Host` set) to `addr` on an idle connection or a new one.
@@ -565,8 +577,8 @@ mod tests {
 
     async fn get_whole(pool: &Arc<Http1Pool>, addr: SocketAddr, method: Method) -> Result<String, String> {
         let uri: Uri = "/".parse().unwrap();
-        let resp = pool
-            .send_whole(addr, &method, &uri, &HeaderMap::new(), "test", &Bytes::new())
+        let (resp, _) = pool
+            .send_whole(addr, &method, &uri, &HeaderMap::new(), "test", &Bytes::new(), None)
             .await
             .map_err(|e| match e {
                 SendError::Connect(e) | SendError::Broken(e) => e,

@@ -158,17 +158,15 @@ pub struct StoreStats {
     pub dropped_spans: u64,
 }
 
-#[derive(Default)]
-struct Trace {
-    spans: Vec<Entry>,
-    bytes: usize,
-}
-
-/// Traces in arrival order within a byte budget.
+/// Spans in arrival order within a byte budget. The spans sit in one ring, so recording one
+/// allocates nothing once the ring has grown and evicting the oldest reads memory in order;
+/// the map only counts each trace's live spans. Reading a trace scans the ring: reads are rare,
+/// records happen on every request.
 #[derive(Default)]
 struct Area {
-    traces: HashMap<TraceId, Trace, IdHashing>,
-    order: VecDeque<TraceId>,
+    /// Taken spans leave a hole (`None`) until eviction reaches them.
+    ring: VecDeque<Option<Entry>>,
+    live: HashMap<TraceId, u32, IdHashing>,
     bytes: usize,
     spans: usize,
 }
@@ -176,47 +174,88 @@ struct Area {
 impl Area {
     /// Adds a span; returns how many spans were dropped to stay within the limits.
     fn push(&mut self, span: Entry, limits_bytes: usize, per_trace: usize) -> u64 {
-        let id = span.trace_id();
-        let size = span.approx_bytes();
-        let trace = match self.traces.entry(id) {
-            MapEntry::Occupied(t) => t.into_mut(),
+        let count = match self.live.entry(span.trace_id()) {
+            MapEntry::Occupied(n) => n.into_mut(),
             MapEntry::Vacant(slot) => {
-                self.order.push_back(id);
-                // The map entry, the order slot and the span list's header.
                 self.bytes += TRACE_OVERHEAD;
-                slot.insert(Trace { spans: Vec::new(), bytes: TRACE_OVERHEAD })
+                slot.insert(0)
             }
         };
-        if trace.spans.len() >= per_trace {
+        if *count as usize >= per_trace {
             return 1;
         }
-        // Most traces hold one or a few spans: grow one slot at a time rather than doubling.
-        trace.spans.reserve_exact(1);
-        trace.spans.push(span);
-        trace.bytes += size;
-        self.bytes += size;
+        *count += 1;
+        self.bytes += span.approx_bytes();
         self.spans += 1;
+        self.ring.push_back(Some(span));
         let mut dropped = 0;
         while self.bytes > limits_bytes {
-            let Some(oldest) = self.order.pop_front() else { break };
-            if let Some(t) = self.traces.remove(&oldest) {
-                self.bytes -= t.bytes;
-                self.spans -= t.spans.len();
-                dropped += t.spans.len() as u64;
+            match self.ring.pop_front() {
+                Some(Some(span)) => {
+                    self.forget(&span);
+                    dropped += 1;
+                }
+                Some(None) => self.bytes -= HOLE,
+                None => break,
             }
         }
         dropped
     }
 
-    fn take(&mut self, id: &TraceId) -> Option<Trace> {
-        if self.traces.is_empty() {
-            return None;
+    /// Accounts for a span leaving the area.
+    fn forget(&mut self, span: &Entry) {
+        self.bytes -= span.approx_bytes();
+        self.spans -= 1;
+        let id = span.trace_id();
+        if let Some(n) = self.live.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                self.live.remove(&id);
+                self.bytes -= TRACE_OVERHEAD;
+            }
         }
-        let t = self.traces.remove(id)?;
-        self.order.retain(|o| o != id);
-        self.bytes -= t.bytes;
-        self.spans -= t.spans.len();
-        Some(t)
+    }
+
+    fn contains(&self, id: &TraceId) -> bool {
+        self.live.contains_key(id)
+    }
+
+    /// The spans of one trace, in arrival order.
+    fn spans_of<'a>(&'a self, id: &'a TraceId) -> impl Iterator<Item = &'a Entry> + 'a {
+        let present = self.contains(id);
+        self.ring.iter().flatten().filter(move |s| present && s.trace_id() == *id)
+    }
+
+    /// Removes and returns the spans of one trace.
+    fn take(&mut self, id: &TraceId) -> Vec<Entry> {
+        if !self.contains(id) {
+            return Vec::new();
+        }
+        let mut taken = Vec::new();
+        for slot in self.ring.iter_mut() {
+            if slot.as_ref().is_some_and(|s| s.trace_id() == *id) {
+                taken.extend(slot.take());
+            }
+        }
+        for span in &taken {
+            self.forget(span);
+            // The hole holds its slot until it reaches the front.
+            self.bytes += HOLE;
+        }
+        while let Some(None) = self.ring.front() {
+            self.ring.pop_front();
+            self.bytes -= HOLE;
+        }
+        taken
+    }
+
+    /// Every trace with its spans, in arrival order.
+    fn traces(&self) -> HashMap<TraceId, Vec<&Entry>, IdHashing> {
+        let mut out: HashMap<TraceId, Vec<&Entry>, IdHashing> = HashMap::default();
+        for span in self.ring.iter().flatten() {
+            out.entry(span.trace_id()).or_default().push(span);
+        }
+        out
     }
 }
 
@@ -272,9 +311,12 @@ impl Hasher for IdHasher {
     }
 }
 
-/// Bytes a trace takes besides its spans: its map entry and order slot (with the spare room
-/// of their growth) and its span list's allocation header.
-const TRACE_OVERHEAD: usize = 160;
+/// Bytes a taken span's slot holds until eviction reaches it.
+const HOLE: usize = std::mem::size_of::<Option<Entry>>();
+
+/// Bytes a trace takes besides its spans: its map entry, with the spare room of the map's
+/// growth.
+const TRACE_OVERHEAD: usize = 48;
 
 type KeepHook = Box<dyn Fn(Span) + Send + Sync>;
 
@@ -336,11 +378,9 @@ impl TraceStore {
         let Ok(mut inner) = self.inner.lock() else { return };
         let inner = &mut *inner;
         let id = span.trace_id();
-        if sampled || span.error() || slow || inner.kept.traces.contains_key(&id) {
-            if let Some(waiting) = inner.pending.take(&id) {
-                for s in waiting.spans {
-                    self.keep(inner, s);
-                }
+        if sampled || span.error() || slow || inner.kept.contains(&id) {
+            for waiting in inner.pending.take(&id) {
+                self.keep(inner, waiting);
             }
             self.keep(inner, span);
         } else {
@@ -358,8 +398,11 @@ impl TraceStore {
     /// The spans of one trace, earliest first (also a trace still waiting for a decision).
     pub fn trace(&self, id: &TraceId) -> Option<Vec<Span>> {
         let inner = self.inner.lock().ok()?;
-        let t = inner.kept.traces.get(id).or_else(|| inner.pending.traces.get(id))?;
-        let mut spans: Vec<Span> = t.spans.iter().map(Entry::to_span).collect();
+        let area = if inner.kept.contains(id) { &inner.kept } else { &inner.pending };
+        let mut spans: Vec<Span> = area.spans_of(id).map(Entry::to_span).collect();
+        if spans.is_empty() {
+            return None;
+        }
         spans.sort_by_key(|s| (s.start_unix_nanos, s.parent_id.is_some()));
         Some(spans)
     }
@@ -369,14 +412,14 @@ impl TraceStore {
         let Ok(inner) = self.inner.lock() else { return Vec::new() };
         let mut out: Vec<TraceSummary> = inner
             .kept
-            .traces
+            .traces()
             .iter()
-            .filter(|(_, t)| {
-                q.app.as_ref().is_none_or(|a| t.spans.iter().any(|s| s.app() == a))
-                    && q.service.as_ref().is_none_or(|svc| t.spans.iter().any(|s| s.service() == svc))
-                    && (!q.errors_only || t.spans.iter().any(|s| s.error()))
+            .filter(|(_, spans)| {
+                q.app.as_ref().is_none_or(|a| spans.iter().any(|s| s.app() == a))
+                    && q.service.as_ref().is_none_or(|svc| spans.iter().any(|s| s.service() == svc))
+                    && (!q.errors_only || spans.iter().any(|s| s.error()))
             })
-            .map(|(id, t)| summarize(id, &t.spans))
+            .map(|(id, spans)| summarize(id, spans))
             .filter(|s| {
                 q.min_duration.is_none_or(|d| s.duration_nanos >= d.as_nanos() as u64)
                     && q.since_unix_nanos.is_none_or(|since| s.start_unix_nanos >= since)
@@ -390,7 +433,7 @@ impl TraceStore {
     pub fn stats(&self) -> StoreStats {
         let Ok(inner) = self.inner.lock() else { return StoreStats::default() };
         StoreStats {
-            traces: inner.kept.traces.len(),
+            traces: inner.kept.live.len(),
             spans: inner.kept.spans,
             bytes: inner.kept.bytes + inner.pending.bytes,
             pending_spans: inner.pending.spans,
@@ -399,7 +442,7 @@ impl TraceStore {
     }
 }
 
-fn summarize(id: &TraceId, spans: &[Entry]) -> TraceSummary {
+fn summarize(id: &TraceId, spans: &[&Entry]) -> TraceSummary {
     let ids: HashSet<SpanId> = spans.iter().map(|s| s.ids().0).collect();
     let root = spans
         .iter()
@@ -419,7 +462,7 @@ fn summarize(id: &TraceId, spans: &[Entry]) -> TraceSummary {
     TraceSummary {
         trace_id: id.to_string(),
         root_service: root.map(|r| r.service().to_string()).unwrap_or_default(),
-        root_name: root.map(Entry::name).unwrap_or_default(),
+        root_name: root.map(|r| r.name()).unwrap_or_default(),
         start_unix_nanos: start,
         duration_nanos: end.saturating_sub(start),
         spans: spans.len(),
@@ -526,6 +569,31 @@ mod tests {
             s.record(span(t, None, "frontend", 1, false), true);
         }
         assert_eq!(s.trace(&t).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn promoted_traces_leave_no_growing_holes_behind() {
+        let limits = Limits { kept_bytes: 64 << 10, pending_bytes: 16 << 10, spans_per_trace: 5 };
+        let s = TraceStore::new(Sampling { ratio: 0.0, slow: Duration::from_secs(1) }, limits);
+        // One trace waits at the front of the pending ring; every later one fails and is
+        // promoted, leaving a hole behind it.
+        let first = TraceId::random();
+        s.record(span(first, None, "frontend", 1, false), false);
+        for _ in 0..5000 {
+            let t = TraceId::random();
+            s.record(span(t, None, "frontend", 1, false), false);
+            s.record(span(t, None, "catalogue", 1, true), false);
+        }
+        let last = TraceId::random();
+        s.record(span(last, None, "frontend", 1, false), false);
+        let inner = s.inner.lock().unwrap();
+        let slots = inner.pending.ring.len();
+        assert!(slots * std::mem::size_of::<Option<Entry>>() <= 16 << 10, "{slots} slots");
+        assert!(inner.pending.bytes <= 16 << 10);
+        assert_eq!(inner.pending.spans, inner.pending.ring.iter().flatten().count());
+        assert_eq!(inner.kept.spans, inner.kept.ring.iter().flatten().count());
+        drop(inner);
+        assert_eq!(s.trace(&last).unwrap().len(), 1);
     }
 
     #[test]

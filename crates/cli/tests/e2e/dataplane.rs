@@ -191,6 +191,11 @@ fn http1_keep_alive_pipelining_head_and_close_behave_as_specified() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.to_ascii_lowercase().contains("content-length: 2\r\n"), "{head}");
     assert!(head.ends_with("\r\n\r\n"), "no body after a HEAD answer: {head:?}");
+    // The instance's own fields come through once each, with no framing field doubled.
+    let lower = head.to_ascii_lowercase();
+    for field in ["\r\ncontent-length: ", "\r\ndate: "] {
+        assert_eq!(lower.matches(field).count(), 1, "{field:?} in {head}");
+    }
 
     // A streamed answer reaches the client as it is produced, chunk by chunk.
     s.write_all(b"GET /drip/3 HTTP/1.1\r\nhost: a\r\n\r\n").unwrap();
