@@ -126,23 +126,58 @@ pub(crate) struct ResponseHead {
     pub version: Version,
     raw: Bytes,
     fields: Vec<FieldSpan>,
+    /// What each field is to the proxy, found once.
+    kinds: Vec<FieldKind>,
+}
+
+/// What a response field is to the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FieldKind {
+    Other,
+    Date,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    /// Any other field of [`HOP_BY_HOP`].
+    HopByHop,
+}
+
+impl FieldKind {
+    fn of(name: &[u8]) -> FieldKind {
+        let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+        match name.len() {
+            2 if is("te") => FieldKind::HopByHop,
+            4 if is("date") => FieldKind::Date,
+            7 if is("trailer") || is("upgrade") => FieldKind::HopByHop,
+            10 if is("connection") => FieldKind::Connection,
+            10 if is("keep-alive") => FieldKind::HopByHop,
+            14 if is("content-length") => FieldKind::ContentLength,
+            16 if is("proxy-connection") => FieldKind::HopByHop,
+            17 if is("transfer-encoding") => FieldKind::TransferEncoding,
+            18 if is("proxy-authenticate") => FieldKind::HopByHop,
+            19 if is("proxy-authorization") => FieldKind::HopByHop,
+            _ => FieldKind::Other,
+        }
+    }
+
+    fn hop_by_hop(self) -> bool {
+        matches!(self, FieldKind::Connection | FieldKind::TransferEncoding | FieldKind::HopByHop)
+    }
 }
 
 impl ResponseHead {
-    fn name(&self, f: &FieldSpan) -> &[u8] {
-        &self.raw[f.0 as usize..f.1 as usize]
+    fn new(status: StatusCode, version: Version, raw: Bytes, fields: &[FieldSpan]) -> ResponseHead {
+        let kinds = fields.iter().map(|f| FieldKind::of(&raw[f.0 as usize..f.1 as usize])).collect();
+        ResponseHead { status, version, raw, fields: fields.to_vec(), kinds }
     }
 
-    fn value(&self, f: &FieldSpan) -> &[u8] {
-        &self.raw[f.2 as usize..f.3 as usize]
-    }
-
-    /// The values of field `name` (lower case), in order.
-    fn values<'a>(&'a self, name: &'a str) -> impl DoubleEndedIterator<Item = &'a [u8]> + 'a {
+    /// The values of the fields of `kind`, in order.
+    fn values(&self, kind: FieldKind) -> impl DoubleEndedIterator<Item = &[u8]> + '_ {
         self.fields
             .iter()
-            .filter(move |f| self.name(f).eq_ignore_ascii_case(name.as_bytes()))
-            .map(|f| self.value(f))
+            .zip(&self.kinds)
+            .filter(move |(_, k)| **k == kind)
+            .map(|(f, _)| &self.raw[f.2 as usize..f.3 as usize])
     }
 
     /// The fields as a map, with room for the ones the proxy adds.
@@ -152,7 +187,7 @@ impl ResponseHead {
 
     /// Whether `Connection` lists `close`.
     pub(crate) fn closes(&self) -> bool {
-        lists_token(self.values("connection"), "close")
+        lists_token(self.values(FieldKind::Connection), "close")
     }
 
     /// The fields to pass to the client as they arrived: all but the hop-by-hop and framing
@@ -164,28 +199,30 @@ impl ResponseHead {
         keep_length: bool,
         read_by_proxy: &[HeaderName],
     ) -> Result<PassedFields, Self> {
-        let is = |name: &[u8], n: &HeaderName| name.eq_ignore_ascii_case(n.as_str().as_bytes());
-        let mut has_date = false;
-        for f in &self.fields {
-            let name = self.name(f);
-            if read_by_proxy.iter().any(|n| is(name, n)) {
-                return Err(self);
-            }
-            has_date |= is(name, &header::DATE);
-        }
+        let read = self.fields.iter().zip(&self.kinds).any(|(f, k)| {
+            let name = &self.raw[f.0 as usize..f.1 as usize];
+            *k == FieldKind::Other
+                && read_by_proxy.iter().any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+        });
         let only_standard = self
-            .values("connection")
+            .values(FieldKind::Connection)
             .flat_map(|v| v.split(|b| *b == b','))
             .map(|t| t.trim_ascii())
-            .all(|t| t.is_empty() || HOP_BY_HOP.iter().any(|h| is(t, h)));
-        if !only_standard {
+            .all(|t| t.is_empty() || FieldKind::of(t).hop_by_hop());
+        if read || !only_standard {
             return Err(self);
         }
-        let mut fields = self.fields;
-        fields.retain(|f| {
-            let name = &self.raw[f.0 as usize..f.1 as usize];
-            !HOP_BY_HOP.iter().any(|h| is(name, h)) && (keep_length || !is(name, &header::CONTENT_LENGTH))
-        });
+        let has_date = self.kinds.contains(&FieldKind::Date);
+        let fields = self
+            .fields
+            .iter()
+            .zip(&self.kinds)
+            .filter(|(_, k)| match k {
+                FieldKind::ContentLength => keep_length,
+                k => !k.hop_by_hop(),
+            })
+            .map(|(f, _)| *f)
+            .collect();
         Ok(PassedFields { raw: self.raw, fields, has_date })
     }
 }
@@ -241,7 +278,7 @@ pub(crate) fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>,
     };
     let raw = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| Invalid("invalid status code"))?;
-    Ok(Some(ResponseHead { status, version, raw, fields: spans[..n].to_vec() }))
+    Ok(Some(ResponseHead::new(status, version, raw, &spans[..n])))
 }
 
 /// The range `part` takes within `base`.
@@ -357,10 +394,11 @@ pub(crate) fn response_framing(method: &Method, head: &ResponseHead) -> Result<F
     if bodyless(method, head.status) {
         return Ok(Framing::Empty);
     }
-    if head.values("transfer-encoding").next().is_some() {
-        return Ok(if chunked(head.values("transfer-encoding")) { Framing::Chunked } else { Framing::Close });
+    if head.values(FieldKind::TransferEncoding).next().is_some() {
+        let chunked = chunked(head.values(FieldKind::TransferEncoding));
+        return Ok(if chunked { Framing::Chunked } else { Framing::Close });
     }
-    Ok(match length_of(head.values("content-length"))? {
+    Ok(match length_of(head.values(FieldKind::ContentLength))? {
         Some(0) => Framing::Empty,
         Some(n) => Framing::Length(n),
         None => Framing::Close,
@@ -880,6 +918,17 @@ mod tests {
         );
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("Content-Length: 5\r\n") && text.matches("ate:").count() == 1, "{text}");
+    }
+
+    #[test]
+    fn every_hop_by_hop_field_is_known_as_one_in_any_case() {
+        for name in &HOP_BY_HOP {
+            assert!(FieldKind::of(name.as_str().as_bytes()).hop_by_hop(), "{name}");
+            assert!(FieldKind::of(name.as_str().to_ascii_uppercase().as_bytes()).hop_by_hop(), "{name}");
+        }
+        for other in ["date", "content-length", "x-te", "server", "connections", ""] {
+            assert!(!FieldKind::of(other.as_bytes()).hop_by_hop(), "{other}");
+        }
     }
 
     #[test]
