@@ -176,13 +176,14 @@ struct Outcome {
 
 /// This hop's part in a trace: the context it arrived with (or a new trace), and its own span,
 /// which becomes the parent that is passed on.
-#[derive(Clone, Copy)]
 struct HopContext {
     trace_id: TraceId,
     span_id: SpanId,
     parent: Option<SpanId>,
     sampled: bool,
     start_unix_nanos: u64,
+    /// This hop's `traceparent`, as passed on.
+    context: Option<HeaderValue>,
 }
 
 impl HopContext {
@@ -200,8 +201,10 @@ impl HopContext {
                 (id, None, traces.sample_new(&id), String::new())
             }
         };
-        if let Ok(v) = HeaderValue::from_bytes(&traceparent(trace_id, span_id, sampled)) {
-            headers.insert(TRACEPARENT, v);
+        // The same value tells the client which trace its request joined.
+        let context = HeaderValue::from_bytes(&traceparent(trace_id, span_id, sampled)).ok();
+        if let Some(v) = &context {
+            headers.insert(TRACEPARENT, v.clone());
         }
         match HeaderValue::from_str(&tracestate) {
             Ok(v) if !tracestate.is_empty() => {
@@ -211,7 +214,14 @@ impl HopContext {
                 headers.remove(&TRACESTATE);
             }
         }
-        HopContext { trace_id, span_id, parent, sampled, start_unix_nanos: yun_telemetry::now_unix_nanos() }
+        HopContext {
+            trace_id,
+            span_id,
+            parent,
+            sampled,
+            start_unix_nanos: yun_telemetry::now_unix_nanos(),
+            context,
+        }
     }
 }
 
@@ -380,7 +390,7 @@ impl Proxy {
         };
         let source = &*source_id;
         let hop_trace = self.metrics.traces.as_ref().map(|t| HopContext::begin(t, req.headers_mut()));
-        let (method, path): (_, Box<str>) = match hop_trace {
+        let (method, path): (_, Box<str>) = match &hop_trace {
             Some(_) => (req.method().clone(), cut(req.uri().path(), yun_telemetry::MAX_ATTRIBUTE_LEN).into()),
             None => (hyper::Method::GET, Box::default()),
         };
@@ -436,11 +446,12 @@ impl Proxy {
         let mut resp = resp;
         let passed = outcome.passed.take();
         if let (Some(hop), Some(traces)) = (hop_trace, &self.metrics.traces) {
-            if let Ok(v) = HeaderValue::from_bytes(&traceparent(hop.trace_id, hop.span_id, hop.sampled)) {
-                resp.headers_mut().insert(TRACERESPONSE, v);
+            if let Some(v) = &hop.context {
+                resp.headers_mut().insert(TRACERESPONSE, v.clone());
             }
+            let sampled = hop.sampled;
             let record = self.hop(hop, &method, path, &guard.name, &source_id, outcome, &resp, took);
-            traces.record_hop(record, hop.sampled);
+            traces.record_hop(record, sampled);
         }
         (resp, passed)
     }

@@ -303,9 +303,10 @@ fn field_spans(base: &[u8], fields: &[httparse::Header<'_>], out: &mut FieldSpan
     Ok(fields.len())
 }
 
-/// Room for the fields the proxy adds to a request (caller, hop, trace context, forwarded-for),
-/// so the map does not grow on the way.
-const REQUEST_FIELDS_ADDED: usize = 5;
+/// Room for the fields the proxy adds to a request (caller, forwarded-for, trace context), so
+/// the map does not grow on the way. More would push a small request's map past the size
+/// glibc serves from its per-thread cache.
+const REQUEST_FIELDS_ADDED: usize = 3;
 /// The same for a response (trace response, retries).
 const RESPONSE_FIELDS_ADDED: usize = 2;
 

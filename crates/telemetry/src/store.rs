@@ -159,32 +159,52 @@ pub struct StoreStats {
 }
 
 /// Spans in arrival order within a byte budget. The spans sit in one ring, so recording one
-/// allocates nothing once the ring has grown and evicting the oldest reads memory in order;
-/// the map only counts each trace's live spans. Reading a trace scans the ring: reads are rare,
-/// records happen on every request.
+/// allocates nothing once the ring has grown, and evicting the oldest reads memory in order and
+/// looks nothing up: a trace's mark only says where its newest span sits, so a mark whose span
+/// has left is stale, and stale marks are swept out now and then. Reading a trace scans the
+/// ring: reads are rare, records happen on every request.
 #[derive(Default)]
 struct Area {
     /// Taken spans leave a hole (`None`) until eviction reaches them.
     ring: VecDeque<Option<Entry>>,
-    live: HashMap<TraceId, u32, IdHashing>,
+    /// The sequence number of the ring's front slot (every slot pushed gets the next one).
+    front: u64,
+    marks: HashMap<TraceId, Mark, IdHashing>,
+    /// Spans evicted since stale marks were last swept out.
+    evicted: usize,
     bytes: usize,
     spans: usize,
+}
+
+/// Where a trace's newest span sits, and how many spans the trace has been given while it
+/// stayed in the area.
+#[derive(Clone, Copy)]
+struct Mark {
+    newest: u64,
+    spans: u32,
 }
 
 impl Area {
     /// Adds a span; returns how many spans were dropped to stay within the limits.
     fn push(&mut self, span: Entry, limits_bytes: usize, per_trace: usize) -> u64 {
-        let count = match self.live.entry(span.trace_id()) {
-            MapEntry::Occupied(n) => n.into_mut(),
-            MapEntry::Vacant(slot) => {
-                self.bytes += TRACE_OVERHEAD;
-                slot.insert(0)
+        let seq = self.front + self.ring.len() as u64;
+        let front = self.front;
+        match self.marks.entry(span.trace_id()) {
+            MapEntry::Occupied(mut m) => {
+                let m = m.get_mut();
+                if m.newest < front {
+                    *m = Mark { newest: seq, spans: 1 };
+                } else if m.spans as usize >= per_trace {
+                    return 1;
+                } else {
+                    *m = Mark { newest: seq, spans: m.spans + 1 };
+                }
             }
-        };
-        if *count as usize >= per_trace {
-            return 1;
+            MapEntry::Vacant(slot) => {
+                slot.insert(Mark { newest: seq, spans: 1 });
+                self.bytes += TRACE_OVERHEAD;
+            }
         }
-        *count += 1;
         self.bytes += span.approx_bytes();
         self.spans += 1;
         self.ring.push_back(Some(span));
@@ -192,32 +212,38 @@ impl Area {
         while self.bytes > limits_bytes {
             match self.ring.pop_front() {
                 Some(Some(span)) => {
-                    self.forget(&span);
+                    self.bytes -= span.approx_bytes();
+                    self.spans -= 1;
+                    self.evicted += 1;
                     dropped += 1;
                 }
                 Some(None) => self.bytes -= HOLE,
                 None => break,
             }
+            self.front += 1;
+        }
+        if self.evicted > self.marks.len() / 2 + 64 {
+            self.sweep();
         }
         dropped
     }
 
-    /// Accounts for a span leaving the area.
-    fn forget(&mut self, span: &Entry) {
-        self.bytes -= span.approx_bytes();
-        self.spans -= 1;
-        let id = span.trace_id();
-        if let Some(n) = self.live.get_mut(&id) {
-            *n -= 1;
-            if *n == 0 {
-                self.live.remove(&id);
-                self.bytes -= TRACE_OVERHEAD;
-            }
-        }
+    /// Drops the marks of traces that have left the area.
+    fn sweep(&mut self) {
+        let before = self.marks.len();
+        let front = self.front;
+        self.marks.retain(|_, m| m.newest >= front);
+        self.bytes -= (before - self.marks.len()) * TRACE_OVERHEAD;
+        self.evicted = 0;
     }
 
     fn contains(&self, id: &TraceId) -> bool {
-        self.live.contains_key(id)
+        self.marks.get(id).is_some_and(|m| m.newest >= self.front)
+    }
+
+    /// Traces with spans in the area.
+    fn trace_count(&self) -> usize {
+        self.marks.values().filter(|m| m.newest >= self.front).count()
     }
 
     /// The spans of one trace, in arrival order.
@@ -237,13 +263,16 @@ impl Area {
                 taken.extend(slot.take());
             }
         }
+        self.marks.remove(id);
+        self.bytes -= TRACE_OVERHEAD;
         for span in &taken {
-            self.forget(span);
             // The hole holds its slot until it reaches the front.
-            self.bytes += HOLE;
+            self.bytes = self.bytes - span.approx_bytes() + HOLE;
+            self.spans -= 1;
         }
         while let Some(None) = self.ring.front() {
             self.ring.pop_front();
+            self.front += 1;
             self.bytes -= HOLE;
         }
         taken
@@ -314,8 +343,7 @@ impl Hasher for IdHasher {
 /// Bytes a taken span's slot holds until eviction reaches it.
 const HOLE: usize = std::mem::size_of::<Option<Entry>>();
 
-/// Bytes a trace takes besides its spans: its map entry, with the spare room of the map's
-/// growth.
+/// Bytes a trace takes besides its spans: its mark, with the spare room of the map's growth.
 const TRACE_OVERHEAD: usize = 48;
 
 type KeepHook = Box<dyn Fn(Span) + Send + Sync>;
@@ -433,7 +461,7 @@ impl TraceStore {
     pub fn stats(&self) -> StoreStats {
         let Ok(inner) = self.inner.lock() else { return StoreStats::default() };
         StoreStats {
-            traces: inner.kept.live.len(),
+            traces: inner.kept.trace_count(),
             spans: inner.kept.spans,
             bytes: inner.kept.bytes + inner.pending.bytes,
             pending_spans: inner.pending.spans,
@@ -561,6 +589,17 @@ mod tests {
         let st = s.stats();
         assert!(st.bytes <= 64 << 10, "{st:?}");
         assert!(st.dropped_spans > 1000);
+        // Marks of traces that left are swept out as eviction goes on.
+        {
+            let inner = s.inner.lock().unwrap();
+            let live = inner.kept.ring.iter().flatten().map(|e| e.trace_id()).collect::<HashSet<_>>().len();
+            assert_eq!(st.traces, live);
+            assert!(
+                inner.kept.marks.len() <= 2 * live + 128,
+                "{} marks, {live} live",
+                inner.kept.marks.len()
+            );
+        }
         assert!(s.trace(&ids[0]).is_none());
         assert!(s.trace(ids.last().unwrap()).is_some());
         // The per-trace limit.
