@@ -39,7 +39,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 #[test]
 fn http2_with_trailers_passes_through() {
-    let d = Daemon::start();
+    let d = Daemon::start_one_worker();
     let port = free_port();
     d.apply("h2.yaml", &app_with("h2", port, 1, ""));
     d.wait_phase("h2", "running", 30);
@@ -165,7 +165,7 @@ fn read_until(s: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
 
 #[test]
 fn http1_keep_alive_pipelining_head_and_close_behave_as_specified() {
-    let d = Daemon::start();
+    let d = Daemon::start_one_worker();
     let port = free_port();
     d.apply("h1.yaml", &app_with("h1", port, 1, ""));
     d.wait_phase("h1", "running", 30);
@@ -243,7 +243,7 @@ fn http1_keep_alive_pipelining_head_and_close_behave_as_specified() {
 
 #[test]
 fn an_upstream_sending_garbage_fails_only_its_own_requests() {
-    let d = Daemon::start();
+    let d = Daemon::start_one_worker();
     let (bad_port, good_port) = (free_port(), free_port());
     d.apply("garbage.yaml", &app_with("garbage", bad_port, 1, r#", {name: MODE, value: garbage}"#));
     d.apply("fine.yaml", &app_with("fine", good_port, 1, ""));
@@ -263,7 +263,7 @@ fn an_upstream_sending_garbage_fails_only_its_own_requests() {
 
 #[test]
 fn a_failing_instance_is_ejected_while_traffic_flows() {
-    let d = Daemon::start();
+    let d = Daemon::start_one_worker();
     let port = free_port();
     d.apply("eject.yaml", &app_with("eject", port, 3, ""));
     eventually(30, "3 ready", || (d.status("eject")["components"][0]["ready"] == 3).then_some(()));
@@ -384,7 +384,7 @@ spec:
 
 #[test]
 fn ports_named_tcp_pass_plain_tcp_through() {
-    let d = Daemon::start();
+    let d = Daemon::start_one_worker();
     let port = free_port();
     let manifest = format!(
         r#"apiVersion: core.oam.dev/v1beta1
@@ -607,7 +607,7 @@ spec:
 
 #[test]
 fn a_dead_or_hung_instance_costs_under_one_percent_of_requests() {
-    let d = Daemon::start();
+    let d = Daemon::start_one_worker();
     let port = free_port();
     let manifest = format!(
         "{}        - type: resilience\n          properties:\n            perTryTimeout: 300ms\n            retries: {{attempts: 2, on: [connect-failure, timeout, gateway-error], budgetRatio: 1.0}}\n",

@@ -40,6 +40,8 @@ pub struct Daemon {
     pub home: tempfile::TempDir,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// Runs the daemon on one worker thread (tokio's current-thread scheduler).
+    one_worker: bool,
 }
 
 impl Daemon {
@@ -50,7 +52,16 @@ impl Daemon {
     /// A daemon with more `yun server` flags.
     pub fn start_with(args: &[&str]) -> Daemon {
         let home = tempfile::tempdir().unwrap();
-        let mut d = Daemon { home, child: None, extra_args: args.iter().map(|a| a.to_string()).collect() };
+        let extra_args = args.iter().map(|a| a.to_string()).collect();
+        let mut d = Daemon { home, child: None, extra_args, one_worker: false };
+        d.spawn();
+        d
+    }
+
+    /// A daemon on one worker thread, as on a one-core machine (the current-thread scheduler).
+    pub fn start_one_worker() -> Daemon {
+        let home = tempfile::tempdir().unwrap();
+        let mut d = Daemon { home, child: None, extra_args: Vec::new(), one_worker: true };
         d.spawn();
         d
     }
@@ -81,6 +92,7 @@ impl Daemon {
             .args(&self.extra_args)
             .env("YUN_HOME", self.home())
             .env("YUN_LOG", "debug")
+            .env("TOKIO_WORKER_THREADS", if self.one_worker { "1" } else { "2" })
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
