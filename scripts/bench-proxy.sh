@@ -2,11 +2,13 @@
 # Data-plane benchmark, side by side on one machine in one run: a trivial upstream (nginx,
 # `return 200`) reached four ways — direct, through Yun's service address, through HAProxy and
 # through nginx as a proxy (both from Debian, configured equivalently: one worker/thread,
-# keep-alive to the upstream, no logging). Each path gets fixed-rate load (1k and 5k req/s,
-# open loop with latency correction) and maximum throughput; the proxy's RSS and CPU are read
-# from /proc. Proxies run on core 0; the load generator and upstream on core 1. Yun runs twice,
-# as configured by default (every request traced) and with `--tracing off`, to show what
-# tracing costs.
+# keep-alive to the upstream, no logging, the client's Host kept, and the request fields Yun
+# adds — X-Forwarded-For and a caller identity, x-yun-caller — added by them too, so the
+# upstream parses the same). Each path gets fixed-rate load (1k and 5k req/s, open loop with
+# latency correction) and maximum throughput; the proxy's RSS and CPU are read from /proc.
+# Proxies run on core 0; the load generator and upstream on core 1. Yun runs twice, as
+# configured by default (every request traced) and with `--tracing off`, to show what tracing
+# costs.
 #
 # Needs: haproxy, nginx (apt), oha (cargo install oha). Installs what is missing.
 # Usage: scripts/bench-proxy.sh [seconds per run, default 10] [runs per cell, default 3]
@@ -97,6 +99,8 @@ frontend fe
   default_backend be
 backend be
   http-reuse safe
+  option forwardfor
+  http-request set-header x-yun-caller external
   server u 127.0.0.1:$up_port
 EOF
 taskset -c 0 haproxy -f "$work/haproxy.cfg" >/dev/null 2>&1 &
@@ -116,7 +120,12 @@ http {
   upstream up { server 127.0.0.1:$up_port; keepalive 64; }
   server {
     listen 127.0.0.1:$ngx_port;
-    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location / {
+      proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header x-yun-caller external;
+    }
   }
 }
 EOF
