@@ -102,7 +102,7 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, I
     let raw = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(raw.slice(target.0..target.1))
         .map_err(|_| Invalid("invalid request target"))?;
-    let headers = shared_header_map(&raw, &spans[..n], REQUEST_FIELDS_ADDED)?;
+    let headers = shared_header_map(&raw, spans[..n].iter().copied(), REQUEST_FIELDS_ADDED)?;
     Ok(Some(RequestHead { method, uri, version, headers, raw }))
 }
 
@@ -125,9 +125,8 @@ pub(crate) struct ResponseHead {
     pub status: StatusCode,
     pub version: Version,
     raw: Bytes,
-    fields: Vec<FieldSpan>,
-    /// What each field is to the proxy, found once.
-    kinds: Vec<FieldKind>,
+    /// Each field, with what it is to the proxy (found once).
+    fields: Vec<(FieldSpan, FieldKind)>,
 }
 
 /// What a response field is to the proxy.
@@ -166,23 +165,22 @@ impl FieldKind {
 }
 
 impl ResponseHead {
-    fn new(status: StatusCode, version: Version, raw: Bytes, fields: &[FieldSpan]) -> ResponseHead {
-        let kinds = fields.iter().map(|f| FieldKind::of(&raw[f.0 as usize..f.1 as usize])).collect();
-        ResponseHead { status, version, raw, fields: fields.to_vec(), kinds }
+    fn new(status: StatusCode, version: Version, raw: Bytes, spans: &[FieldSpan]) -> ResponseHead {
+        let fields = spans.iter().map(|f| (*f, FieldKind::of(&raw[f.0 as usize..f.1 as usize]))).collect();
+        ResponseHead { status, version, raw, fields }
     }
 
     /// The values of the fields of `kind`, in order.
     fn values(&self, kind: FieldKind) -> impl DoubleEndedIterator<Item = &[u8]> + '_ {
         self.fields
             .iter()
-            .zip(&self.kinds)
-            .filter(move |(_, k)| **k == kind)
+            .filter(move |(_, k)| *k == kind)
             .map(|(f, _)| &self.raw[f.2 as usize..f.3 as usize])
     }
 
     /// The fields as a map, with room for the ones the proxy adds.
     pub(crate) fn header_map(&self) -> Result<HeaderMap, Invalid> {
-        shared_header_map(&self.raw, &self.fields, RESPONSE_FIELDS_ADDED)
+        shared_header_map(&self.raw, self.fields.iter().map(|(f, _)| *f), RESPONSE_FIELDS_ADDED)
     }
 
     /// Whether `Connection` lists `close`.
@@ -199,7 +197,7 @@ impl ResponseHead {
         keep_length: bool,
         read_by_proxy: &[HeaderName],
     ) -> Result<PassedFields, Self> {
-        let read = self.fields.iter().zip(&self.kinds).any(|(f, k)| {
+        let read = self.fields.iter().any(|(f, k)| {
             let name = &self.raw[f.0 as usize..f.1 as usize];
             *k == FieldKind::Other
                 && read_by_proxy.iter().any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
@@ -212,17 +210,12 @@ impl ResponseHead {
         if read || !only_standard {
             return Err(self);
         }
-        let has_date = self.kinds.contains(&FieldKind::Date);
-        let fields = self
-            .fields
-            .iter()
-            .zip(&self.kinds)
-            .filter(|(_, k)| match k {
-                FieldKind::ContentLength => keep_length,
-                k => !k.hop_by_hop(),
-            })
-            .map(|(f, _)| *f)
-            .collect();
+        let has_date = self.fields.iter().any(|(_, k)| *k == FieldKind::Date);
+        let mut fields = self.fields;
+        fields.retain(|(_, k)| match k {
+            FieldKind::ContentLength => keep_length,
+            k => !k.hop_by_hop(),
+        });
         Ok(PassedFields { raw: self.raw, fields, has_date })
     }
 }
@@ -231,13 +224,13 @@ impl ResponseHead {
 /// [`ResponseHead::passed`].
 pub(crate) struct PassedFields {
     raw: Bytes,
-    fields: Vec<FieldSpan>,
+    fields: Vec<(FieldSpan, FieldKind)>,
     has_date: bool,
 }
 
 impl PassedFields {
     fn write(&self, out: &mut Vec<u8>) {
-        for &(ns, ne, vs, ve) in &self.fields {
+        for &((ns, ne, vs, ve), _) in &self.fields {
             out.extend_from_slice(&self.raw[ns as usize..ne as usize]);
             out.extend_from_slice(b": ");
             out.extend_from_slice(&self.raw[vs as usize..ve as usize]);
@@ -306,9 +299,13 @@ const REQUEST_FIELDS_ADDED: usize = 3;
 const RESPONSE_FIELDS_ADDED: usize = 2;
 
 /// The map of the fields at `spans` in `head`, with room for `extra` more.
-fn shared_header_map(head: &Bytes, spans: &[FieldSpan], extra: usize) -> Result<HeaderMap, Invalid> {
+fn shared_header_map(
+    head: &Bytes,
+    spans: impl ExactSizeIterator<Item = FieldSpan>,
+    extra: usize,
+) -> Result<HeaderMap, Invalid> {
     let mut map = HeaderMap::with_capacity(spans.len() + extra);
-    for &(ns, ne, vs, ve) in spans {
+    for (ns, ne, vs, ve) in spans {
         let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
         let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| Invalid("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
