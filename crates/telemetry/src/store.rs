@@ -248,8 +248,7 @@ impl Area {
 
     /// The spans of one trace, in arrival order.
     fn spans_of<'a>(&'a self, id: &'a TraceId) -> impl Iterator<Item = &'a Entry> + 'a {
-        let present = self.contains(id);
-        self.ring.iter().flatten().filter(move |s| present && s.trace_id() == *id)
+        self.ring.iter().flatten().filter(move |s| s.trace_id() == *id)
     }
 
     /// Removes and returns the spans of one trace.
@@ -426,11 +425,8 @@ impl TraceStore {
     /// The spans of one trace, earliest first (also a trace still waiting for a decision).
     pub fn trace(&self, id: &TraceId) -> Option<Vec<Span>> {
         let inner = self.inner.lock().ok()?;
-        let area = if inner.kept.contains(id) { &inner.kept } else { &inner.pending };
+        let area = [&inner.kept, &inner.pending].into_iter().find(|a| a.contains(id))?;
         let mut spans: Vec<Span> = area.spans_of(id).map(Entry::to_span).collect();
-        if spans.is_empty() {
-            return None;
-        }
         spans.sort_by_key(|s| (s.start_unix_nanos, s.parent_id.is_some()));
         Some(spans)
     }
