@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::borrow::Cow;
 use yun_model::{LoadBalancer, RetryOn};
 use yun_telemetry::context::traceparent;
-use yun_telemetry::{SpanId, TraceContext, TraceId, TraceStore};
+use yun_telemetry::{HopDetails, HopPlace, SpanId, TraceContext, TraceId, TraceStore};
 
 use crate::endpoints::{Balancer, Endpoints, Lease};
 use crate::h1::{HOP_BY_HOP, PassedFields};
@@ -150,6 +150,8 @@ pub(crate) struct Downstream {
     /// The daemon's token that vouches for a passed-on caller; empty on the gateway, which
     /// never receives passed-on requests.
     pub hop: Arc<str>,
+    /// Where this connection's last traced request went; the next one usually goes there too.
+    place: Mutex<Option<Arc<HopPlace>>>,
 }
 
 impl Downstream {
@@ -157,7 +159,7 @@ impl Downstream {
         let forwarded_for = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         let caller = HeaderValue::from_str(&source).unwrap_or_else(|_| HeaderValue::from_static(EXTERNAL));
-        Downstream { forwarded_for, source, caller, hop }
+        Downstream { forwarded_for, source, caller, hop, place: Mutex::default() }
     }
 }
 
@@ -445,10 +447,33 @@ impl Proxy {
                 resp.headers_mut().insert(TRACERESPONSE, v.clone());
             }
             let sampled = hop.sampled;
-            let record = self.hop(hop, &method, path, &guard.name, &source_id, outcome, &resp, took);
+            let place = self.place(client, &guard.name, &source_id);
+            let record = self.hop(hop, &method, path, place, outcome, &resp, took);
             traces.record_hop(record, sampled);
         }
         (resp, passed)
+    }
+
+    /// Where a traced request from `client` went: the place its connection's last one went,
+    /// when that is the same, so that a keep-alive connection shares one.
+    fn place(&self, client: &Downstream, route: &Arc<str>, source: &Arc<str>) -> Arc<HopPlace> {
+        let mut last = client.place.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(p) = &*last
+            && Arc::ptr_eq(&p.route, route)
+            && Arc::ptr_eq(&p.component, &self.component)
+            && Arc::ptr_eq(&p.app, &self.app)
+            && p.source == *source
+        {
+            return p.clone();
+        }
+        let place = Arc::new(HopPlace {
+            app: self.app.clone(),
+            component: self.component.clone(),
+            route: route.clone(),
+            source: source.clone(),
+        });
+        *last = Some(place.clone());
+        place
     }
 
     /// The record of one request through this hop.
@@ -458,8 +483,7 @@ impl Proxy {
         hop: HopContext,
         method: &hyper::Method,
         path: Box<str>,
-        route: &Arc<str>,
-        source: &Arc<str>,
+        place: Arc<HopPlace>,
         outcome: Outcome,
         resp: &Response<Body>,
         took: Duration,
@@ -473,21 +497,26 @@ impl Proxy {
                 None => Cow::Owned(p.to_string()),
             }
         });
+        let (method, method_original) = match known_method(method) {
+            Some(m) => (m, None),
+            None => {
+                (yun_telemetry::OTHER_METHOD, Some(cut(method.as_str(), yun_telemetry::MAX_NAME_LEN).into()))
+            }
+        };
+        let failure = outcome.failure.map(|f| cut(&f, yun_telemetry::MAX_ATTRIBUTE_LEN).into());
+        let details = (policy.is_some() || failure.is_some() || method_original.is_some())
+            .then(|| Box::new(HopDetails { policy, failure, method_original }));
         yun_telemetry::Hop {
             trace_id: hop.trace_id,
             span_id: hop.span_id,
             parent_id: hop.parent,
-            app: self.app.clone(),
-            component: self.component.clone(),
-            method: static_method(method),
+            place,
+            method,
             path,
             status: resp.status().as_u16(),
-            route: route.clone(),
-            source: source.clone(),
             instance: outcome.instance,
             retries: outcome.retries,
-            policy,
-            failure: outcome.failure.map(|f| cut(&f, yun_telemetry::MAX_ATTRIBUTE_LEN).into()),
+            details,
             start_unix_nanos: hop.start_unix_nanos,
             // From the monotonic clock: one wall-clock read per hop, and never an end before
             // the start.
@@ -1033,9 +1062,10 @@ fn cut(s: &str, max: usize) -> &str {
 }
 
 /// The standard methods without an allocation.
-fn static_method(m: &hyper::Method) -> Cow<'static, str> {
+/// The name of one of HTTP's own methods.
+fn known_method(m: &hyper::Method) -> Option<&'static str> {
     use hyper::Method;
-    let name = match *m {
+    Some(match *m {
         Method::GET => "GET",
         Method::POST => "POST",
         Method::PUT => "PUT",
@@ -1045,9 +1075,8 @@ fn static_method(m: &hyper::Method) -> Cow<'static, str> {
         Method::PATCH => "PATCH",
         Method::CONNECT => "CONNECT",
         Method::TRACE => "TRACE",
-        _ => return Cow::Owned(m.as_str().to_string()),
-    };
-    Cow::Borrowed(name)
+        _ => return None,
+    })
 }
 
 fn bodyless(method: &hyper::Method) -> bool {

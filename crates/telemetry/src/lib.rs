@@ -146,42 +146,79 @@ fn heap(n: usize) -> usize {
     if n == 0 { 0 } else { n.next_multiple_of(16) + 16 }
 }
 
+/// Where hops happen: the component called, the route that applied and the caller. Many hops
+/// share one (the data plane keeps it per connection), so a hop holds one pointer, not four.
+#[derive(Debug, PartialEq)]
+pub struct HopPlace {
+    pub app: Arc<str>,
+    pub component: Arc<str>,
+    /// The `resilience` route that applied.
+    pub route: Arc<str>,
+    /// The caller: `app/component` or `external`.
+    pub source: Arc<str>,
+}
+
+/// What few hops have, kept behind one pointer so that the others stay small.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HopDetails {
+    /// The policy that refused the request.
+    pub policy: Option<Cow<'static, str>>,
+    /// Why the request failed, when the proxy could not get an answer.
+    pub failure: Option<Box<str>>,
+    /// The method as sent, when it is none of HTTP's own (`method` is then `_OTHER`).
+    pub method_original: Option<Box<str>>,
+}
+
 /// One request through a data-plane hop, kept compact (the hot path makes one of these per
-/// request); it becomes a [`Span`] only when read or exported.
+/// request and the store keeps them by the ten thousand); it becomes a [`Span`] only when read
+/// or exported.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hop {
     pub trace_id: TraceId,
     pub span_id: SpanId,
     pub parent_id: Option<SpanId>,
-    pub app: Arc<str>,
-    pub component: Arc<str>,
-    pub method: Cow<'static, str>,
+    pub place: Arc<HopPlace>,
+    /// One of HTTP's own methods, or `_OTHER` (as OpenTelemetry names the rest).
+    pub method: &'static str,
     pub path: Box<str>,
     pub status: u16,
-    /// The `resilience` route that applied.
-    pub route: Arc<str>,
-    /// The caller: `app/component` or `external`.
-    pub source: Arc<str>,
     /// The instance that answered.
     pub instance: Option<Arc<str>>,
     pub retries: u32,
-    /// The policy that refused the request.
-    pub policy: Option<Cow<'static, str>>,
-    /// Why the request failed, when the proxy could not get an answer.
-    pub failure: Option<Box<str>>,
+    pub details: Option<Box<HopDetails>>,
     pub start_unix_nanos: u64,
     pub end_unix_nanos: u64,
 }
+
+/// The name OpenTelemetry gives methods that are none of HTTP's own.
+pub const OTHER_METHOD: &str = "_OTHER";
 
 impl Hop {
     pub fn error(&self) -> bool {
         self.status >= 500
     }
 
+    /// Bytes the hop holds besides what it shares with other hops.
     pub fn approx_bytes(&self) -> usize {
-        std::mem::size_of::<Hop>()
-            + heap(self.path.len())
-            + self.failure.as_ref().map_or(0, |f| heap(f.len()))
+        let details = self.details.as_deref().map_or(0, |d| {
+            heap(std::mem::size_of::<HopDetails>())
+                + d.failure.as_ref().map_or(0, |f| heap(f.len()))
+                + d.method_original.as_ref().map_or(0, |m| heap(m.len()))
+                + match &d.policy {
+                    Some(Cow::Owned(p)) => heap(p.len()),
+                    _ => 0,
+                }
+        });
+        std::mem::size_of::<Hop>() + heap(self.path.len()) + details
+    }
+
+    fn policy(&self) -> Option<&str> {
+        self.details.as_deref().and_then(|d| d.policy.as_deref())
+    }
+
+    /// The method as the client sent it.
+    pub fn method_sent(&self) -> &str {
+        self.details.as_deref().and_then(|d| d.method_original.as_deref()).unwrap_or(self.method)
     }
 
     /// The span this hop stands for.
@@ -190,21 +227,26 @@ impl Hop {
         let mut put = |k: &str, v: Value| {
             attributes.insert(k.to_string(), v);
         };
-        put("http.request.method", Value::from(&*self.method));
+        let place = &*self.place;
+        put("http.request.method", Value::from(self.method));
+        if self.method == OTHER_METHOD {
+            put("http.request.method_original", Value::from(self.method_sent()));
+        }
         put("url.path", Value::from(&*self.path));
         put("http.response.status_code", Value::Int(self.status.into()));
-        put("yun.route", Value::from(&*self.route));
-        put("yun.source", Value::from(&*self.source));
+        put("yun.route", Value::from(&*place.route));
+        put("yun.source", Value::from(&*place.source));
         if let Some(i) = &self.instance {
             put("yun.instance", Value::from(&**i));
         }
         if self.retries > 0 {
             put("yun.retries", Value::Int(self.retries.into()));
         }
-        if let Some(p) = &self.policy {
-            put("yun.policy", Value::from(&**p));
+        if let Some(p) = self.policy() {
+            put("yun.policy", Value::from(p));
         }
-        let status_message = match (&self.failure, &self.policy) {
+        let failure = self.details.as_deref().and_then(|d| d.failure.as_deref());
+        let status_message = match (failure, self.policy()) {
             (Some(f), _) => f.to_string(),
             (None, Some(p)) => format!("refused by policy {p}"),
             (None, None) if self.error() => format!("HTTP {}", self.status),
@@ -214,9 +256,9 @@ impl Hop {
             trace_id: self.trace_id,
             span_id: self.span_id,
             parent_id: self.parent_id,
-            app: self.app.to_string(),
-            service: self.component.to_string(),
-            name: format!("{} {}", self.method, self.path),
+            app: place.app.to_string(),
+            service: place.component.to_string(),
+            name: format!("{} {}", self.method_sent(), self.path),
             kind: SpanKind::Server,
             start_unix_nanos: self.start_unix_nanos,
             end_unix_nanos: self.end_unix_nanos,
@@ -301,21 +343,26 @@ mod hop_tests {
 
     #[test]
     fn a_hop_reads_as_a_server_span() {
+        let place = Arc::new(HopPlace {
+            app: "shop".into(),
+            component: "web".into(),
+            route: "default".into(),
+            source: "external".into(),
+        });
         let hop = Hop {
             trace_id: TraceId::random(),
             span_id: SpanId::random(),
             parent_id: None,
-            app: "shop".into(),
-            component: "web".into(),
-            method: Cow::Borrowed("GET"),
+            place: place.clone(),
+            method: "GET",
             path: "/cart".into(),
             status: 429,
-            route: "default".into(),
-            source: "external".into(),
             instance: None,
             retries: 2,
-            policy: Some(Cow::Borrowed("rateLimit")),
-            failure: None,
+            details: Some(Box::new(HopDetails {
+                policy: Some(Cow::Borrowed("rateLimit")),
+                ..Default::default()
+            })),
             start_unix_nanos: 10,
             end_unix_nanos: 25,
         };
@@ -329,5 +376,30 @@ mod hop_tests {
         assert!(!s.attributes.contains_key("yun.instance"));
         assert_eq!(s.duration_nanos(), 15);
         assert!(hop.approx_bytes() >= std::mem::size_of::<Hop>());
+
+        // A method of its own is reported as OpenTelemetry asks, and named as sent.
+        let odd = Hop {
+            method: OTHER_METHOD,
+            status: 502,
+            details: Some(Box::new(HopDetails {
+                failure: Some("connection refused".into()),
+                method_original: Some("PURGE".into()),
+                ..Default::default()
+            })),
+            ..hop
+        };
+        let s = odd.to_span();
+        assert_eq!(s.name, "PURGE /cart");
+        assert_eq!(s.attributes["http.request.method"], Value::from("_OTHER"));
+        assert_eq!(s.attributes["http.request.method_original"], Value::from("PURGE"));
+        assert!(s.error);
+        assert_eq!(s.status_message, "connection refused");
+        assert!(!s.attributes.contains_key("yun.policy"));
+    }
+
+    #[test]
+    fn a_hop_stays_small() {
+        // The store keeps tens of thousands; each byte here is a byte per request in its ring.
+        assert!(std::mem::size_of::<Hop>() <= 128, "{} bytes", std::mem::size_of::<Hop>());
     }
 }

@@ -33,13 +33,13 @@ impl Entry {
     fn app(&self) -> &str {
         match self {
             Entry::Span(s) => &s.app,
-            Entry::Hop(h) => &h.app,
+            Entry::Hop(h) => &h.place.app,
         }
     }
     fn service(&self) -> &str {
         match self {
             Entry::Span(s) => &s.service,
-            Entry::Hop(h) => &h.component,
+            Entry::Hop(h) => &h.place.component,
         }
     }
     fn error(&self) -> bool {
@@ -63,7 +63,7 @@ impl Entry {
     fn name(&self) -> String {
         match self {
             Entry::Span(s) => s.name.clone(),
-            Entry::Hop(h) => format!("{} {}", h.method, h.path),
+            Entry::Hop(h) => format!("{} {}", h.method_sent(), h.path),
         }
     }
     /// Bytes held: the entry's slot in its trace plus what it allocated.
