@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,9 +22,13 @@ use yun_model::{LoadBalancer, RetryOn};
 use yun_telemetry::context::traceparent;
 use yun_telemetry::{HopDetails, HopPlace, SpanId, TraceContext, TraceId, TraceStore};
 
+use prometheus_client::metrics::counter::Counter;
+
 use crate::endpoints::{Balancer, Endpoints, Lease};
 use crate::h1::{HOP_BY_HOP, PassedFields};
-use crate::metrics::{ComponentLabels, InstanceLabels, Metrics, RejectLabels, RouteLabels, RouteSeries};
+use crate::metrics::{
+    ComponentLabels, InstanceLabels, Metrics, RejectLabels, RouteLabels, RouteSeries, status_class,
+};
 use crate::policy::{Admit, Breaker, Guard, Policies, Ticket, route_matches};
 use crate::traffic::EdgeCounters;
 use crate::upstream::{Http1Pool, SendError};
@@ -150,8 +154,43 @@ pub(crate) struct Downstream {
     /// The daemon's token that vouches for a passed-on caller; empty on the gateway, which
     /// never receives passed-on requests.
     pub hop: Arc<str>,
-    /// Where this connection's last traced request went; the next one usually goes there too.
-    place: Mutex<Option<Arc<HopPlace>>>,
+    /// What this connection's last request recorded into; the next one usually goes the
+    /// same way.
+    lane: Mutex<Option<Lane>>,
+}
+
+/// What requests from one caller through one route of a component record into, kept per
+/// connection so that a request looks up no series by name (those maps hash strings).
+struct Lane {
+    /// The component, route and caller; also where traced hops say they happened.
+    place: Arc<HopPlace>,
+    series: Arc<RouteSeries>,
+    edge: Arc<EdgeCounters>,
+    /// Request counters by status class, for each instance the requests reached.
+    requests: Vec<(Arc<str>, [Counter; 5])>,
+}
+
+/// Instances a lane keeps counters for; past that it starts over (an instance that answered
+/// once is rarely the only one that will).
+const LANE_INSTANCES: usize = 16;
+
+impl Lane {
+    /// The counter of a request answered by `instance` (`none` when no instance answered).
+    fn requests(&mut self, instance: Option<&str>, status: u16) -> &Counter {
+        let instance = instance.unwrap_or("none");
+        let i = match self.requests.iter().position(|(i, _)| &**i == instance) {
+            Some(i) => i,
+            None => {
+                if self.requests.len() >= LANE_INSTANCES {
+                    self.requests.clear();
+                }
+                let counters = self.series.requests(&self.place.source, instance);
+                self.requests.push((instance.into(), counters));
+                self.requests.len() - 1
+            }
+        };
+        &self.requests[i].1[status_class(status)]
+    }
 }
 
 impl Downstream {
@@ -159,7 +198,7 @@ impl Downstream {
         let forwarded_for = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         let caller = HeaderValue::from_str(&source).unwrap_or_else(|_| HeaderValue::from_static(EXTERNAL));
-        Downstream { forwarded_for, source, caller, hop, place: Mutex::default() }
+        Downstream { forwarded_for, source, caller, hop, lane: Mutex::default() }
     }
 }
 
@@ -419,11 +458,13 @@ impl Proxy {
             }
             (None, None) => self.guarded(req, client, &active, &guard, &mut outcome).await,
         };
-        let series = self.series(&guard.name);
         let took = start.elapsed();
         let elapsed = took.as_secs_f64();
+        let mut lane = self.lane(client, &guard.name, &source_id);
+        let lane = lane.get_or_insert_with(|| self.new_lane(&guard.name, &source_id));
+        let series = &lane.series;
         series.duration.observe(elapsed);
-        self.edge(source).observe(elapsed, resp.status().is_server_error());
+        lane.edge.observe(elapsed, resp.status().is_server_error());
         if outcome.retries > 0 {
             series.retries.inc_by(outcome.retries.into());
         }
@@ -439,7 +480,7 @@ impl Proxy {
         if let Some(b) = &guard.breaker {
             series.breaker().set(b.state_code());
         }
-        series.requests(source, outcome.instance.as_deref().unwrap_or("none"), resp.status().as_u16()).inc();
+        lane.requests(outcome.instance.as_deref(), resp.status().as_u16()).inc();
         let mut resp = resp;
         let passed = outcome.passed.take();
         if let (Some(hop), Some(traces)) = (hop_trace, &self.metrics.traces) {
@@ -447,33 +488,45 @@ impl Proxy {
                 resp.headers_mut().insert(TRACERESPONSE, v.clone());
             }
             let sampled = hop.sampled;
-            let place = self.place(client, &guard.name, &source_id);
-            let record = self.hop(hop, &method, path, place, outcome, &resp, took);
+            let record = self.hop(hop, &method, path, lane.place.clone(), outcome, &resp, took);
             traces.record_hop(record, sampled);
         }
         (resp, passed)
     }
 
-    /// Where a traced request from `client` went: the place its connection's last one went,
-    /// when that is the same, so that a keep-alive connection shares one.
-    fn place(&self, client: &Downstream, route: &Arc<str>, source: &Arc<str>) -> Arc<HopPlace> {
-        let mut last = client.place.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(p) = &*last
-            && Arc::ptr_eq(&p.route, route)
-            && Arc::ptr_eq(&p.component, &self.component)
-            && Arc::ptr_eq(&p.app, &self.app)
-            && p.source == *source
-        {
-            return p.clone();
-        }
-        let place = Arc::new(HopPlace {
-            app: self.app.clone(),
-            component: self.component.clone(),
-            route: route.clone(),
-            source: source.clone(),
+    /// `client`'s lane, emptied when its last request went another way than `route` from
+    /// `source`.
+    fn lane<'c>(
+        &self,
+        client: &'c Downstream,
+        route: &Arc<str>,
+        source: &str,
+    ) -> MutexGuard<'c, Option<Lane>> {
+        let mut lane = client.lane.lock().unwrap_or_else(PoisonError::into_inner);
+        let fits = lane.as_ref().is_some_and(|l| {
+            Arc::ptr_eq(&l.place.route, route)
+                && Arc::ptr_eq(&l.place.component, &self.component)
+                && Arc::ptr_eq(&l.place.app, &self.app)
+                && *l.place.source == *source
         });
-        *last = Some(place.clone());
-        place
+        if !fits {
+            *lane = None;
+        }
+        lane
+    }
+
+    fn new_lane(&self, route: &Arc<str>, source: &Arc<str>) -> Lane {
+        Lane {
+            place: Arc::new(HopPlace {
+                app: self.app.clone(),
+                component: self.component.clone(),
+                route: route.clone(),
+                source: source.clone(),
+            }),
+            series: self.series(route),
+            edge: self.edge(source),
+            requests: Vec::new(),
+        }
     }
 
     /// The record of one request through this hop.
@@ -904,7 +957,7 @@ impl Proxy {
                     let _ = upstream.set_nodelay(true);
                     self.record(&lease, true);
                     let series = self.series("tcp");
-                    series.requests(EXTERNAL, lease.instance(), 200).inc();
+                    series.requests(EXTERNAL, lease.instance())[status_class(200)].inc();
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
                     return;
                 }

@@ -16,6 +16,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::Frame;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, StatusCode, Uri, Version};
+use smallvec::SmallVec;
 use tokio::io::AsyncRead;
 
 /// Largest message head (request or response line plus headers) read.
@@ -69,7 +70,9 @@ pub(crate) struct RequestHead {
 /// Where a field's name and value lie in a head (start and end of each; heads are at most
 /// [`MAX_HEAD`] bytes).
 type FieldSpan = (u32, u32, u32, u32);
-type FieldSpans = [FieldSpan; MAX_HEADERS];
+/// A request's field spans: on the stack for the usual few fields, and never zeroed first (a
+/// zeroed array for [`MAX_HEADERS`] fields cost more than the parse).
+type FieldSpans = SmallVec<[FieldSpan; 32]>;
 
 /// Room for the fields of one head, left uninitialised: httparse fills what it parses.
 fn field_slots<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
@@ -80,8 +83,7 @@ fn field_slots<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
 /// incomplete. Field values and the target are slices of the head, not copies.
 pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, Invalid> {
     let mut fields = field_slots();
-    let mut spans: FieldSpans = [(0, 0, 0, 0); MAX_HEADERS];
-    let (len, method, target, version, n) = {
+    let (len, method, target, version, spans) = {
         let mut req = httparse::Request::new(&mut []);
         let len = match req.parse_with_uninit_headers(buf, &mut fields) {
             Ok(httparse::Status::Complete(n)) => n,
@@ -97,12 +99,13 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, I
             .map_err(|_| Invalid("invalid method"))?;
         let target = span(buf, req.path.unwrap_or_default().as_bytes())?;
         let version = if req.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
-        (len, method, target, version, field_spans(buf, req.headers, &mut spans)?)
+        let spans = field_spans(buf, req.headers).collect::<Result<FieldSpans, _>>()?;
+        (len, method, target, version, spans)
     };
     let raw = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(raw.slice(target.0..target.1))
         .map_err(|_| Invalid("invalid request target"))?;
-    let headers = shared_header_map(&raw, spans[..n].iter().copied(), REQUEST_FIELDS_ADDED)?;
+    let headers = shared_header_map(&raw, spans.into_iter(), REQUEST_FIELDS_ADDED)?;
     Ok(Some(RequestHead { method, uri, version, headers, raw }))
 }
 
@@ -165,11 +168,6 @@ impl FieldKind {
 }
 
 impl ResponseHead {
-    fn new(status: StatusCode, version: Version, raw: Bytes, spans: &[FieldSpan]) -> ResponseHead {
-        let fields = spans.iter().map(|f| (*f, FieldKind::of(&raw[f.0 as usize..f.1 as usize]))).collect();
-        ResponseHead { status, version, raw, fields }
-    }
-
     /// The values of the fields of `kind`, in order.
     fn values(&self, kind: FieldKind) -> impl DoubleEndedIterator<Item = &[u8]> + '_ {
         self.fields
@@ -243,8 +241,7 @@ impl PassedFields {
 /// incomplete. Field values are slices of the head, not copies.
 pub(crate) fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, Invalid> {
     let mut fields = field_slots();
-    let mut spans: FieldSpans = [(0, 0, 0, 0); MAX_HEADERS];
-    let (len, code, version, n) = {
+    let (len, code, version, classified) = {
         let mut resp = httparse::Response::new(&mut []);
         let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
             &mut resp,
@@ -262,11 +259,16 @@ pub(crate) fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>,
             Err(_) => return Err(Invalid("malformed response head")),
         };
         let version = if resp.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
-        (len, resp.code.unwrap_or_default(), version, field_spans(buf, resp.headers, &mut spans)?)
+        let mut classified = Vec::with_capacity(resp.headers.len());
+        for f in field_spans(buf, resp.headers) {
+            let f = f?;
+            classified.push((f, FieldKind::of(&buf[f.0 as usize..f.1 as usize])));
+        }
+        (len, resp.code.unwrap_or_default(), version, classified)
     };
     let raw = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| Invalid("invalid status code"))?;
-    Ok(Some(ResponseHead::new(status, version, raw, &spans[..n])))
+    Ok(Some(ResponseHead { status, version, raw, fields: classified }))
 }
 
 /// The range `part` takes within `base`.
@@ -281,14 +283,17 @@ fn span(base: &[u8], part: &[u8]) -> Result<(usize, usize), Invalid> {
     }
 }
 
-fn field_spans(base: &[u8], fields: &[httparse::Header<'_>], out: &mut FieldSpans) -> Result<usize, Invalid> {
+/// Where each of `fields` lies in `base`.
+fn field_spans<'a>(
+    base: &'a [u8],
+    fields: &'a [httparse::Header<'_>],
+) -> impl Iterator<Item = Result<FieldSpan, Invalid>> + 'a {
     let offset = |n: usize| u32::try_from(n).map_err(|_| Invalid("malformed head"));
-    for (slot, f) in out.iter_mut().zip(fields) {
+    fields.iter().map(move |f| {
         let (ns, ne) = span(base, f.name.as_bytes())?;
         let (vs, ve) = span(base, f.value)?;
-        *slot = (offset(ns)?, offset(ne)?, offset(vs)?, offset(ve)?);
-    }
-    Ok(fields.len())
+        Ok((offset(ns)?, offset(ne)?, offset(vs)?, offset(ve)?))
+    })
 }
 
 /// Room for the fields the proxy adds to a request (caller, forwarded-for, trace context), so

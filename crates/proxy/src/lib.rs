@@ -14,6 +14,7 @@ mod h1;
 mod h1_server;
 mod metrics;
 mod policy;
+mod quick_hash;
 mod traffic;
 mod upstream;
 

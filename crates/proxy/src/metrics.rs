@@ -127,6 +127,11 @@ impl Metrics {
     }
 }
 
+/// Which of the request counters by status class counts `status` (1xx to 5xx).
+pub(crate) fn status_class(status: u16) -> usize {
+    (status / 100).clamp(1, 5) as usize - 1
+}
+
 /// One route's series, looked up once so that a request touches no label strings.
 pub(crate) struct RouteSeries {
     pub duration: Histogram,
@@ -141,11 +146,10 @@ pub(crate) struct RouteSeries {
 }
 
 impl RouteSeries {
-    /// The request counter from `source` answered by `instance` with `status`'s class.
-    pub(crate) fn requests(&self, source: &str, instance: &str, status: u16) -> Counter {
-        let class = (status / 100).clamp(1, 5) as usize - 1;
-        let cached =
-            self.by_caller.read().ok().and_then(|m| m.get(source)?.get(instance).map(|c| c[class].clone()));
+    /// The request counters from `source` answered by `instance`, by status class (see
+    /// [`status_class`]).
+    pub(crate) fn requests(&self, source: &str, instance: &str) -> [Counter; 5] {
+        let cached = self.by_caller.read().ok().and_then(|m| m.get(source)?.get(instance).cloned());
         if let Some(c) = cached {
             return c;
         }
@@ -161,15 +165,14 @@ impl RouteSeries {
                 })
                 .clone()
         });
-        let c = counters[class].clone();
         if let Ok(mut m) = self.by_caller.write() {
             // Instances come and go; a bounded cache keeps memory flat over many rollouts.
             if m.values().map(|i| i.len()).sum::<usize>() > 4096 {
                 m.clear();
             }
-            m.entry(source.to_string()).or_default().insert(instance.to_string(), counters);
+            m.entry(source.to_string()).or_default().insert(instance.to_string(), counters.clone());
         }
-        c
+        counters
     }
 
     /// The breaker-state gauge, created on first use so routes without a breaker export none.

@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 
 use crate::forward::{Body, BoxError};
 use crate::h1;
+use crate::quick_hash::QuickHashing;
 
 /// How long connecting to an instance may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -70,8 +71,8 @@ struct Idle {
 /// Idle connections by instance address.
 #[derive(Default)]
 pub(crate) struct Http1Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-    raw: Mutex<HashMap<SocketAddr, Vec<IdleRaw>>>,
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>, QuickHashing>>,
+    raw: Mutex<HashMap<SocketAddr, Vec<IdleRaw>, QuickHashing>>,
     /// Purge rounds so far, one every half idle timeout.
     round: AtomicU64,
 }
