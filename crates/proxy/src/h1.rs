@@ -83,7 +83,9 @@ fn field_slots<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
 /// incomplete. Field values and the target are slices of the head, not copies.
 pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, Invalid> {
     let mut fields = field_slots();
-    let (len, method, target, version, spans) = {
+    // Filled where it lies: moving it would copy all its room.
+    let mut spans = FieldSpans::new();
+    let (len, method, target, version) = {
         let mut req = httparse::Request::new(&mut []);
         let len = match req.parse_with_uninit_headers(buf, &mut fields) {
             Ok(httparse::Status::Complete(n)) => n,
@@ -99,13 +101,15 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, I
             .map_err(|_| Invalid("invalid method"))?;
         let target = span(buf, req.path.unwrap_or_default().as_bytes())?;
         let version = if req.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
-        let spans = field_spans(buf, req.headers).collect::<Result<FieldSpans, _>>()?;
-        (len, method, target, version, spans)
+        for f in field_spans(buf, req.headers) {
+            spans.push(f?);
+        }
+        (len, method, target, version)
     };
     let raw = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(raw.slice(target.0..target.1))
         .map_err(|_| Invalid("invalid request target"))?;
-    let headers = shared_header_map(&raw, spans.into_iter(), REQUEST_FIELDS_ADDED)?;
+    let headers = shared_header_map(&raw, spans.iter().copied(), REQUEST_FIELDS_ADDED)?;
     Ok(Some(RequestHead { method, uri, version, headers, raw }))
 }
 

@@ -66,13 +66,12 @@ impl Entry {
             Entry::Hop(h) => format!("{} {}", h.method_sent(), h.path),
         }
     }
-    /// Bytes held: the entry's slot in its trace plus what it allocated.
-    fn approx_bytes(&self) -> usize {
-        std::mem::size_of::<Entry>()
-            + match self {
-                Entry::Span(s) => s.approx_bytes() + 16,
-                Entry::Hop(h) => h.approx_bytes() - std::mem::size_of::<Hop>(),
-            }
+    /// Bytes held besides the entry's slot in the ring.
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Entry::Span(s) => s.approx_bytes() + 16,
+            Entry::Hop(h) => h.approx_bytes() - std::mem::size_of::<Hop>(),
+        }
     }
     fn to_span(&self) -> Span {
         match self {
@@ -111,7 +110,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { kept_bytes: 16 << 20, pending_bytes: 4 << 20, spans_per_trace: 1000 }
+        Limits { kept_bytes: 8 << 20, pending_bytes: 2 << 20, spans_per_trace: 1000 }
     }
 }
 
@@ -163,6 +162,10 @@ pub struct StoreStats {
 /// looks nothing up: a trace's mark only says where its newest span sits, so a mark whose span
 /// has left is stale, and stale marks are swept out now and then. Reading a trace scans the
 /// ring: reads are rare, records happen on every request.
+///
+/// The budget counts the ring's whole room, used or not (it is all touched as the ring goes
+/// round), and the ring may take at most half of it, so what the spans hold besides their
+/// slots always has the other half.
 #[derive(Default)]
 struct Area {
     /// Taken spans leave a hole (`None`) until eviction reaches them.
@@ -172,6 +175,7 @@ struct Area {
     marks: HashMap<TraceId, Mark, IdHashing>,
     /// Spans evicted since stale marks were last swept out.
     evicted: usize,
+    /// Bytes held besides the ring's room: what spans allocated, and the marks.
     bytes: usize,
     spans: usize,
 }
@@ -186,7 +190,18 @@ struct Mark {
 
 impl Area {
     /// Adds a span; returns how many spans were dropped to stay within the limits.
-    fn push(&mut self, span: Entry, limits_bytes: usize, per_trace: usize) -> u64 {
+    fn push(&mut self, span: Entry, limit_bytes: usize, per_trace: usize) -> u64 {
+        let mut dropped = 0;
+        let max_slots = (limit_bytes / 2 / SLOT).max(1);
+        if self.ring.len() == self.ring.capacity() {
+            let room = self.ring.capacity();
+            if room >= max_slots {
+                dropped += self.evict_front();
+            } else {
+                // Grown by hand, so that doubling never takes the ring past its half.
+                self.ring.reserve_exact(room.max(16).min(max_slots - room));
+            }
+        }
         let seq = self.front + self.ring.len() as u64;
         let front = self.front;
         match self.marks.entry(span.trace_id()) {
@@ -195,7 +210,7 @@ impl Area {
                 if m.newest < front {
                     *m = Mark { newest: seq, spans: 1 };
                 } else if m.spans as usize >= per_trace {
-                    return 1;
+                    return dropped + 1;
                 } else {
                     *m = Mark { newest: seq, spans: m.spans + 1 };
                 }
@@ -205,27 +220,32 @@ impl Area {
                 self.bytes += TRACE_OVERHEAD;
             }
         }
-        self.bytes += span.approx_bytes();
+        self.bytes += span.heap_bytes();
         self.spans += 1;
         self.ring.push_back(Some(span));
-        let mut dropped = 0;
-        while self.bytes > limits_bytes {
-            match self.ring.pop_front() {
-                Some(Some(span)) => {
-                    self.bytes -= span.approx_bytes();
-                    self.spans -= 1;
-                    self.evicted += 1;
-                    dropped += 1;
-                }
-                Some(None) => self.bytes -= HOLE,
-                None => break,
-            }
-            self.front += 1;
+        while self.total_bytes() > limit_bytes && !self.ring.is_empty() {
+            dropped += self.evict_front();
         }
         if self.evicted > self.marks.len() / 2 + 64 {
             self.sweep();
         }
         dropped
+    }
+
+    /// Takes the oldest slot off the ring; returns how many spans left with it.
+    fn evict_front(&mut self) -> u64 {
+        let Some(slot) = self.ring.pop_front() else { return 0 };
+        self.front += 1;
+        let Some(span) = slot else { return 0 };
+        self.bytes -= span.heap_bytes();
+        self.spans -= 1;
+        self.evicted += 1;
+        1
+    }
+
+    /// Bytes the area holds: the ring's room and what its spans and marks hold besides.
+    fn total_bytes(&self) -> usize {
+        self.ring.capacity() * SLOT + self.bytes
     }
 
     /// Drops the marks of traces that have left the area.
@@ -265,14 +285,13 @@ impl Area {
         self.marks.remove(id);
         self.bytes -= TRACE_OVERHEAD;
         for span in &taken {
-            // The hole holds its slot until it reaches the front.
-            self.bytes = self.bytes - span.approx_bytes() + HOLE;
+            // The hole keeps its slot until it reaches the front.
+            self.bytes -= span.heap_bytes();
             self.spans -= 1;
         }
         while let Some(None) = self.ring.front() {
             self.ring.pop_front();
             self.front += 1;
-            self.bytes -= HOLE;
         }
         taken
     }
@@ -339,8 +358,8 @@ impl Hasher for IdHasher {
     }
 }
 
-/// Bytes a taken span's slot holds until eviction reaches it.
-const HOLE: usize = std::mem::size_of::<Option<Entry>>();
+/// Bytes of one slot of a ring.
+const SLOT: usize = std::mem::size_of::<Option<Entry>>();
 
 /// Bytes a trace takes besides its spans: its mark, with the spare room of the map's growth.
 const TRACE_OVERHEAD: usize = 48;
@@ -459,7 +478,7 @@ impl TraceStore {
         StoreStats {
             traces: inner.kept.trace_count(),
             spans: inner.kept.spans,
-            bytes: inner.kept.bytes + inner.pending.bytes,
+            bytes: inner.kept.total_bytes() + inner.pending.total_bytes(),
             pending_spans: inner.pending.spans,
             dropped_spans: inner.dropped,
         }
@@ -624,11 +643,55 @@ mod tests {
         let inner = s.inner.lock().unwrap();
         let slots = inner.pending.ring.len();
         assert!(slots * std::mem::size_of::<Option<Entry>>() <= 16 << 10, "{slots} slots");
-        assert!(inner.pending.bytes <= 16 << 10);
+        assert!(inner.pending.total_bytes() <= 16 << 10);
         assert_eq!(inner.pending.spans, inner.pending.ring.iter().flatten().count());
         assert_eq!(inner.kept.spans, inner.kept.ring.iter().flatten().count());
         drop(inner);
         assert_eq!(s.trace(&last).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_ring_s_whole_room_counts_and_takes_at_most_half() {
+        let limits = Limits { kept_bytes: 256 << 10, pending_bytes: 64 << 10, spans_per_trace: 5 };
+        let s = TraceStore::new(Sampling::default(), limits);
+        let place = std::sync::Arc::new(crate::HopPlace {
+            app: "shop".into(),
+            component: "web".into(),
+            route: "default".into(),
+            source: "external".into(),
+        });
+        let hop = |n: u64| Hop {
+            trace_id: TraceId::random(),
+            span_id: SpanId::random(),
+            parent_id: None,
+            place: place.clone(),
+            method: "GET",
+            path: "/".into(),
+            status: 200,
+            instance: None,
+            retries: 0,
+            details: None,
+            start_unix_nanos: n,
+            end_unix_nanos: n + 1,
+        };
+        let mut last = TraceId::random();
+        for n in 0..20_000 {
+            let h = hop(n);
+            last = h.trace_id;
+            s.record_hop(h, true);
+            let inner = s.inner.lock().unwrap();
+            assert!(inner.kept.ring.capacity() * SLOT <= 128 << 10, "room {}", inner.kept.ring.capacity());
+            assert!(inner.kept.total_bytes() <= 256 << 10);
+        }
+        let st = s.stats();
+        assert!(st.bytes <= 256 << 10, "{st:?}");
+        // The room is used: small hops fill the ring rather than leave it half empty.
+        let inner = s.inner.lock().unwrap();
+        assert!(inner.kept.ring.len() * 10 >= inner.kept.ring.capacity() * 9, "{st:?}");
+        assert_eq!(st.spans, inner.kept.ring.len());
+        drop(inner);
+        assert_eq!(s.trace(&last).unwrap().len(), 1);
+        assert_eq!(st.dropped_spans, 20_000 - st.spans as u64);
     }
 
     #[test]
