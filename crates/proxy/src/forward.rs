@@ -1114,7 +1114,6 @@ fn cut(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// The standard methods without an allocation.
 /// The name of one of HTTP's own methods.
 fn known_method(m: &hyper::Method) -> Option<&'static str> {
     use hyper::Method;
