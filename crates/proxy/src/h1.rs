@@ -390,9 +390,9 @@ pub(crate) fn response_framing(method: &Method, head: &ResponseHead) -> Result<F
     if bodyless(method, head.status) {
         return Ok(Framing::Empty);
     }
-    if head.values(FieldKind::TransferEncoding).next().is_some() {
-        let chunked = chunked(head.values(FieldKind::TransferEncoding));
-        return Ok(if chunked { Framing::Chunked } else { Framing::Close });
+    let mut codings = head.values(FieldKind::TransferEncoding).peekable();
+    if codings.peek().is_some() {
+        return Ok(if chunked(codings) { Framing::Chunked } else { Framing::Close });
     }
     Ok(match length_of(head.values(FieldKind::ContentLength))? {
         Some(0) => Framing::Empty,

@@ -51,17 +51,18 @@ impl Daemon {
 
     /// A daemon with more `yun server` flags.
     pub fn start_with(args: &[&str]) -> Daemon {
-        let home = tempfile::tempdir().unwrap();
-        let extra_args = args.iter().map(|a| a.to_string()).collect();
-        let mut d = Daemon { home, child: None, extra_args, one_worker: false };
-        d.spawn();
-        d
+        Daemon::launch(args, false)
     }
 
     /// A daemon on one worker thread, as on a one-core machine (the current-thread scheduler).
     pub fn start_one_worker() -> Daemon {
+        Daemon::launch(&[], true)
+    }
+
+    fn launch(args: &[&str], one_worker: bool) -> Daemon {
         let home = tempfile::tempdir().unwrap();
-        let mut d = Daemon { home, child: None, extra_args: Vec::new(), one_worker: true };
+        let extra_args = args.iter().map(|a| a.to_string()).collect();
+        let mut d = Daemon { home, child: None, extra_args, one_worker };
         d.spawn();
         d
     }
