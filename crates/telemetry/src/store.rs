@@ -158,34 +158,45 @@ pub struct StoreStats {
 }
 
 /// Spans in arrival order within a byte budget. The spans sit in one ring, so recording one
-/// allocates nothing once the ring has grown, and evicting the oldest reads memory in order and
-/// looks nothing up: a trace's mark only says where its newest span sits, so a mark whose span
-/// has left is stale, and stale marks are swept out now and then. Reading a trace scans the
-/// ring: reads are rare, records happen on every request.
+/// allocates nothing once the ring and the marks have grown. A trace's mark says where its
+/// newest span sits; when that span leaves the ring, so does the mark, so the marks are exactly
+/// the traces in the area. Reading a trace scans the ring: reads are rare, records happen on
+/// every request.
 ///
-/// The budget counts the ring's whole room, used or not (it is all touched as the ring goes
-/// round), and the ring may take at most half of it, so what the spans hold besides their
-/// slots always has the other half.
+/// The budget counts the whole room of the ring and of the marks' table, used or not (it is
+/// all touched as the ring goes round), and the ring may take at most half of it, so its
+/// marks and what the spans hold besides their slots always have the other half.
 #[derive(Default)]
 struct Area {
     /// Taken spans leave a hole (`None`) until eviction reaches them.
     ring: VecDeque<Option<Entry>>,
     /// The sequence number of the ring's front slot (every slot pushed gets the next one).
     front: u64,
-    marks: HashMap<TraceId, Mark, IdHashing>,
-    /// Spans evicted since stale marks were last swept out.
-    evicted: usize,
-    /// Bytes held besides the ring's room: what spans allocated, and the marks.
+    marks: HashMap<MarkKey, Mark, IdHashing>,
+    /// The room of the marks' table: it grows and never shrinks.
+    marks_room: usize,
+    /// Bytes the spans hold besides their slots.
     bytes: usize,
     spans: usize,
 }
 
-/// Where a trace's newest span sits, and how many spans the trace has been given while it
-/// stayed in the area.
+/// Where a trace's newest span sits (the low bits of its sequence number: a ring never holds
+/// 2^32 slots), and how many spans the trace has been given while it stayed in the area.
 #[derive(Clone, Copy)]
 struct Mark {
-    newest: u64,
+    newest: u32,
     spans: u32,
+}
+
+/// A trace's key among the marks: its id folded to 8 bytes, which keeps the table small. Two
+/// traces that fold alike (chance, or a client choosing ids) share a mark: their spans stay,
+/// and at worst one is taken for kept or capped with the other.
+type MarkKey = u64;
+
+fn mark_key(id: &TraceId) -> MarkKey {
+    let (high, low) = id.0.split_at(8);
+    let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+    word(high) ^ word(low)
 }
 
 impl Area {
@@ -203,21 +214,18 @@ impl Area {
             }
         }
         let seq = self.front + self.ring.len() as u64;
-        let front = self.front;
-        match self.marks.entry(span.trace_id()) {
+        let newest = seq as u32;
+        match self.marks.entry(mark_key(&span.trace_id())) {
             MapEntry::Occupied(mut m) => {
                 let m = m.get_mut();
-                if m.newest < front {
-                    *m = Mark { newest: seq, spans: 1 };
-                } else if m.spans as usize >= per_trace {
+                if m.spans as usize >= per_trace {
                     return dropped + 1;
-                } else {
-                    *m = Mark { newest: seq, spans: m.spans + 1 };
                 }
+                *m = Mark { newest, spans: m.spans + 1 };
             }
             MapEntry::Vacant(slot) => {
-                slot.insert(Mark { newest: seq, spans: 1 });
-                self.bytes += TRACE_OVERHEAD;
+                slot.insert(Mark { newest, spans: 1 });
+                self.marks_room = self.marks_room.max(table_room(self.marks.capacity()));
             }
         }
         self.bytes += span.heap_bytes();
@@ -226,44 +234,38 @@ impl Area {
         while self.total_bytes() > limit_bytes && !self.ring.is_empty() {
             dropped += self.evict_front();
         }
-        if self.evicted > self.marks.len() / 2 + 64 {
-            self.sweep();
-        }
         dropped
     }
 
-    /// Takes the oldest slot off the ring; returns how many spans left with it.
+    /// Takes the oldest slot off the ring, and the mark of its trace when it was the trace's
+    /// newest span; returns how many spans left with it.
     fn evict_front(&mut self) -> u64 {
         let Some(slot) = self.ring.pop_front() else { return 0 };
+        let seq = self.front;
         self.front += 1;
         let Some(span) = slot else { return 0 };
+        if let MapEntry::Occupied(m) = self.marks.entry(mark_key(&span.trace_id()))
+            && m.get().newest == seq as u32
+        {
+            m.remove();
+        }
         self.bytes -= span.heap_bytes();
         self.spans -= 1;
-        self.evicted += 1;
         1
     }
 
-    /// Bytes the area holds: the ring's room and what its spans and marks hold besides.
+    /// Bytes the area holds: the room of its ring and marks, and what its spans hold besides.
     fn total_bytes(&self) -> usize {
-        self.ring.capacity() * SLOT + self.bytes
-    }
-
-    /// Drops the marks of traces that have left the area.
-    fn sweep(&mut self) {
-        let before = self.marks.len();
-        let front = self.front;
-        self.marks.retain(|_, m| m.newest >= front);
-        self.bytes -= (before - self.marks.len()) * TRACE_OVERHEAD;
-        self.evicted = 0;
+        self.ring.capacity() * SLOT + self.marks_room + self.bytes
     }
 
     fn contains(&self, id: &TraceId) -> bool {
-        self.marks.get(id).is_some_and(|m| m.newest >= self.front)
+        self.marks.contains_key(&mark_key(id))
     }
 
     /// Traces with spans in the area.
     fn trace_count(&self) -> usize {
-        self.marks.values().filter(|m| m.newest >= self.front).count()
+        self.marks.len()
     }
 
     /// The spans of one trace, in arrival order.
@@ -282,8 +284,7 @@ impl Area {
                 taken.extend(slot.take());
             }
         }
-        self.marks.remove(id);
-        self.bytes -= TRACE_OVERHEAD;
+        self.marks.remove(&mark_key(id));
         for span in &taken {
             // The hole keeps its slot until it reaches the front.
             self.bytes -= span.heap_bytes();
@@ -361,8 +362,15 @@ impl Hasher for IdHasher {
 /// Bytes of one slot of a ring.
 const SLOT: usize = std::mem::size_of::<Option<Entry>>();
 
-/// Bytes a trace takes besides its spans: its mark, with the spare room of the map's growth.
-const TRACE_OVERHEAD: usize = 48;
+/// Bytes of a hash table with room for `capacity` marks: a power of two of buckets, at most
+/// 7/8 of them used, each with its entry and a control byte. (Marks come and go, and the
+/// table may grow to twice what its traces need before it cleans up.)
+fn table_room(capacity: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    (capacity * 8 / 7).next_power_of_two() * (std::mem::size_of::<(MarkKey, Mark)>() + 1)
+}
 
 type KeepHook = Box<dyn Fn(Span) + Send + Sync>;
 
@@ -604,16 +612,12 @@ mod tests {
         let st = s.stats();
         assert!(st.bytes <= 64 << 10, "{st:?}");
         assert!(st.dropped_spans > 1000);
-        // Marks of traces that left are swept out as eviction goes on.
+        // Marks leave with their traces.
         {
             let inner = s.inner.lock().unwrap();
             let live = inner.kept.ring.iter().flatten().map(|e| e.trace_id()).collect::<HashSet<_>>().len();
             assert_eq!(st.traces, live);
-            assert!(
-                inner.kept.marks.len() <= 2 * live + 128,
-                "{} marks, {live} live",
-                inner.kept.marks.len()
-            );
+            assert_eq!(inner.kept.marks.len(), live);
         }
         assert!(s.trace(&ids[0]).is_none());
         assert!(s.trace(ids.last().unwrap()).is_some());
@@ -689,6 +693,8 @@ mod tests {
         let inner = s.inner.lock().unwrap();
         assert!(inner.kept.ring.len() * 10 >= inner.kept.ring.capacity() * 9, "{st:?}");
         assert_eq!(st.spans, inner.kept.ring.len());
+        // A mark leaves with its trace's last span: one per trace still there, none stale.
+        assert_eq!(inner.kept.marks.len(), inner.kept.ring.len());
         drop(inner);
         assert_eq!(s.trace(&last).unwrap().len(), 1);
         assert_eq!(st.dropped_spans, 20_000 - st.spans as u64);
@@ -706,5 +712,33 @@ mod tests {
         assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 0);
         s.record(span(t, None, "b", 1, true), false);
         assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_trace_s_mark_stays_while_any_of_its_spans_does() {
+        let limits = Limits { kept_bytes: 64 << 10, pending_bytes: 16 << 10, spans_per_trace: 5 };
+        let s = TraceStore::new(Sampling::default(), limits);
+        let long = TraceId::random();
+        s.record(span(long, None, "frontend", 1, false), true);
+        let others = |n: usize| {
+            for _ in 0..n {
+                s.record(span(TraceId::random(), None, "frontend", 1, false), true);
+            }
+        };
+        others(100);
+        s.record(span(long, None, "catalogue", 1, false), true);
+        // Until the first span leaves, then until the second does.
+        let mut spans_seen = Vec::new();
+        for _ in 0..400 {
+            others(1);
+            let n = s.trace(&long).map_or(0, |t| t.len());
+            if spans_seen.last() != Some(&n) {
+                spans_seen.push(n);
+            }
+        }
+        assert_eq!(spans_seen, [2, 1, 0]);
+        let inner = s.inner.lock().unwrap();
+        let live = inner.kept.ring.iter().flatten().map(|e| e.trace_id()).collect::<HashSet<_>>().len();
+        assert_eq!(inner.kept.marks.len(), live);
     }
 }
