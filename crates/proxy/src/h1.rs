@@ -25,8 +25,10 @@ pub(crate) const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Longest chunk-size line, extensions included.
 const MAX_CHUNK_LINE: usize = 4096;
-/// Bytes asked of the socket per read.
-const READ_CHUNK: usize = 16 * 1024;
+/// Room made for a read when a buffer has less than a quarter of it spare. Every connection
+/// keeps a buffer this size between messages, so it is kept small (nginx's proxy buffer is a
+/// memory page or two); a large body grows its buffer as it comes.
+const READ_CHUNK: usize = 8 * 1024;
 
 /// A message that is not valid HTTP/1.1 or not acceptable here.
 #[derive(Debug, Clone, PartialEq, Eq)]

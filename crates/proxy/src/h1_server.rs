@@ -24,6 +24,9 @@ use crate::h1::{self, Framing, PassedFields};
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Largest buffer a connection keeps between requests.
 const KEPT_BUFFER: usize = 64 * 1024;
+/// What a connection's response buffer starts with: a small answer's head and body; it grows
+/// for larger ones.
+const OUT_BUFFER: usize = 2 * 1024;
 /// Response bytes gathered before they are written even though more are ready.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -36,7 +39,7 @@ pub(crate) struct Handoff {
 /// Serves requests on `stream` until it closes, or returns it to be served by hyper.
 pub(crate) async fn serve(mut stream: TcpStream, proxy: &Proxy, client: &Downstream) -> Option<Handoff> {
     let mut buf = BytesMut::with_capacity(8 * 1024);
-    let mut out: Vec<u8> = Vec::with_capacity(8 * 1024);
+    let mut out: Vec<u8> = Vec::with_capacity(OUT_BUFFER);
     loop {
         // A whole request head, or the reason not to read one here.
         let head = loop {
@@ -113,7 +116,7 @@ pub(crate) async fn serve(mut stream: TcpStream, proxy: &Proxy, client: &Downstr
         }
         // Idle connections keep small buffers, whatever the last exchange needed.
         if out.capacity() > KEPT_BUFFER {
-            out = Vec::with_capacity(8 * 1024);
+            out = Vec::with_capacity(OUT_BUFFER);
         }
         if buf.is_empty() && buf.capacity() > KEPT_BUFFER {
             buf = BytesMut::with_capacity(8 * 1024);
