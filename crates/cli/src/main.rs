@@ -171,7 +171,7 @@ enum Command {
         trace_slow: String,
         /// Memory for kept traces, in MiB (a quarter more holds unsampled traces awaiting a
         /// decision); the oldest traces go first.
-        #[arg(long, env = "YUN_TRACE_MEMORY", default_value_t = 8)]
+        #[arg(long, env = "YUN_TRACE_MEMORY", default_value_t = 4)]
         trace_memory: usize,
         /// Send every kept span to this OTLP/HTTP endpoint (http://host:4318/v1/traces).
         #[arg(long, env = "YUN_OTLP_EXPORT")]

@@ -110,7 +110,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { kept_bytes: 8 << 20, pending_bytes: 2 << 20, spans_per_trace: 1000 }
+        Limits { kept_bytes: 4 << 20, pending_bytes: 1 << 20, spans_per_trace: 1000 }
     }
 }
 
