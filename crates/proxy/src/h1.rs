@@ -67,14 +67,43 @@ pub(crate) struct RequestHead {
     pub headers: HeaderMap,
     /// The head as received; the target and field values share its bytes.
     pub raw: Bytes,
+    /// What its fields say about the message and the connection, read while parsing.
+    pub framing: RequestFraming,
+}
+
+/// What a request's fields say about how its body is delimited and what it asks of the
+/// connection, so that no one looks these up in the map again.
+#[derive(Debug, PartialEq)]
+pub(crate) struct RequestFraming {
+    /// `Content-Length`: none, one length (repeated equal values count as one), or invalid.
+    pub length: Result<Option<u64>, Invalid>,
+    pub transfer_encoding: bool,
+    pub upgrade: bool,
+    pub expect: bool,
+    /// `Connection` lists `close`.
+    pub close: bool,
+}
+
+impl RequestFraming {
+    fn read<'a>(fields: impl Iterator<Item = (FieldKind, &'a [u8])> + Clone) -> RequestFraming {
+        let values = |kind: FieldKind| fields.clone().filter(move |(k, _)| *k == kind).map(|(_, v)| v);
+        let has = |kind: FieldKind| values(kind).next().is_some();
+        RequestFraming {
+            length: length_of(values(FieldKind::ContentLength)),
+            transfer_encoding: has(FieldKind::TransferEncoding),
+            upgrade: has(FieldKind::Upgrade),
+            expect: has(FieldKind::Expect),
+            close: lists_token(values(FieldKind::Connection), "close"),
+        }
+    }
 }
 
 /// Where a field's name and value lie in a head (start and end of each; heads are at most
 /// [`MAX_HEAD`] bytes).
 type FieldSpan = (u32, u32, u32, u32);
-/// A request's field spans: on the stack for the usual few fields, and never zeroed first (a
-/// zeroed array for [`MAX_HEADERS`] fields cost more than the parse).
-type FieldSpans = SmallVec<[FieldSpan; 32]>;
+/// A request's field spans with what each is: on the stack for the usual few fields, and never
+/// zeroed first (a zeroed array for [`MAX_HEADERS`] fields cost more than the parse).
+type FieldSpans = SmallVec<[(FieldSpan, FieldKind); 32]>;
 
 /// Room for the fields of one head, left uninitialised: httparse fills what it parses.
 fn field_slots<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
@@ -104,15 +133,17 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, I
         let target = span(buf, req.path.unwrap_or_default().as_bytes())?;
         let version = if req.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
         for f in field_spans(buf, req.headers) {
-            spans.push(f?);
+            let f = f?;
+            spans.push((f, FieldKind::of(&buf[f.0 as usize..f.1 as usize])));
         }
         (len, method, target, version)
     };
     let raw = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(raw.slice(target.0..target.1))
         .map_err(|_| Invalid("invalid request target"))?;
-    let headers = shared_header_map(&raw, spans.iter().copied(), REQUEST_FIELDS_ADDED)?;
-    Ok(Some(RequestHead { method, uri, version, headers, raw }))
+    let framing = RequestFraming::read(spans.iter().map(|(f, k)| (*k, &raw[f.2 as usize..f.3 as usize])));
+    let headers = shared_header_map(&raw, spans.iter().map(|(f, _)| *f), REQUEST_FIELDS_ADDED)?;
+    Ok(Some(RequestHead { method, uri, version, headers, raw, framing }))
 }
 
 /// The fields that belong to one connection (RFC 9110 §7.6.1); never passed on.
@@ -146,6 +177,8 @@ enum FieldKind {
     ContentLength,
     TransferEncoding,
     Connection,
+    Upgrade,
+    Expect,
     /// Any other field of [`HOP_BY_HOP`].
     HopByHop,
 }
@@ -156,7 +189,9 @@ impl FieldKind {
         match name.len() {
             2 if is("te") => FieldKind::HopByHop,
             4 if is("date") => FieldKind::Date,
-            7 if is("trailer") || is("upgrade") => FieldKind::HopByHop,
+            6 if is("expect") => FieldKind::Expect,
+            7 if is("upgrade") => FieldKind::Upgrade,
+            7 if is("trailer") => FieldKind::HopByHop,
             10 if is("connection") => FieldKind::Connection,
             10 if is("keep-alive") => FieldKind::HopByHop,
             14 if is("content-length") => FieldKind::ContentLength,
@@ -169,7 +204,10 @@ impl FieldKind {
     }
 
     fn hop_by_hop(self) -> bool {
-        matches!(self, FieldKind::Connection | FieldKind::TransferEncoding | FieldKind::HopByHop)
+        matches!(
+            self,
+            FieldKind::Connection | FieldKind::TransferEncoding | FieldKind::Upgrade | FieldKind::HopByHop
+        )
     }
 }
 
@@ -351,10 +389,6 @@ pub(crate) enum Framing {
 
 /// The single value of `Content-Length`; repeated equal values count as one, differing ones or
 /// a non-number are invalid.
-pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Invalid> {
-    length_of(headers.get_all(header::CONTENT_LENGTH).iter().map(HeaderValue::as_bytes))
-}
-
 fn length_of<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<u64>, Invalid> {
     let mut found: Option<u64> = None;
     for v in values {
@@ -403,11 +437,6 @@ pub(crate) fn response_framing(method: &Method, head: &ResponseHead) -> Result<F
     })
 }
 
-/// Whether `Connection` lists `token`.
-pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    lists_token(headers.get_all(header::CONNECTION).iter().map(HeaderValue::as_bytes), token)
-}
-
 fn lists_token<'a>(values: impl Iterator<Item = &'a [u8]>, token: &str) -> bool {
     values
         .flat_map(|v| v.split(|b| *b == b','))
@@ -422,11 +451,15 @@ fn write_fields(headers: &HeaderMap, keep_length: bool, out: &mut Vec<u8>) {
         if (name == header::CONTENT_LENGTH && !keep_length) || name == header::TRANSFER_ENCODING {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(name, value, out);
     }
+}
+
+fn write_field(name: &HeaderName, value: &HeaderValue, out: &mut Vec<u8>) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes a request head for an instance: origin-form target, HTTP/1.1, `Host` kept (or set to
@@ -444,13 +477,23 @@ pub(crate) fn encode_request_head(
     out.push(b' ');
     out.extend_from_slice(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !headers.contains_key(header::HOST) {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(authority.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    let fields_start = out.len();
+    // One pass writes the fields and finds out whether `Host` and a length were among them.
+    let (mut host, mut length) = (false, false);
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH {
+            length = true;
+        } else if name != header::TRANSFER_ENCODING {
+            host |= name == header::HOST;
+            write_field(name, value, out);
+        }
     }
-    write_fields(headers, false, out);
-    if body_len > 0 || headers.contains_key(header::CONTENT_LENGTH) {
+    if !host {
+        // Rare (HTTP/1.1 requires it); put first, where it is expected.
+        let line = [b"host: ", authority.as_bytes(), b"\r\n"].concat();
+        out.splice(fields_start..fields_start, line);
+    }
+    if body_len > 0 || length {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -800,6 +843,30 @@ mod tests {
     }
 
     #[test]
+    fn request_framing_is_read_while_parsing() {
+        let framing = |fields: &str| {
+            let wire = format!("POST / HTTP/1.1\r\nHost: x\r\n{fields}\r\n");
+            parse_request(&mut BytesMut::from(wire.as_bytes())).unwrap().unwrap().framing
+        };
+        let plain = RequestFraming {
+            length: Ok(None),
+            transfer_encoding: false,
+            upgrade: false,
+            expect: false,
+            close: false,
+        };
+        assert_eq!(framing(""), plain);
+        assert_eq!(framing("Content-Length: 5\r\ncontent-length: 5, 5\r\n").length, Ok(Some(5)));
+        assert!(framing("Content-Length: 5\r\nContent-Length: 6\r\n").length.is_err());
+        assert!(framing("Content-Length: five\r\n").length.is_err());
+        assert!(framing("Transfer-Encoding: chunked\r\n").transfer_encoding);
+        assert!(framing("UPGRADE: websocket\r\n").upgrade);
+        assert!(framing("Expect: 100-continue\r\n").expect);
+        assert!(framing("Connection: keep-alive, Close\r\n").close);
+        assert!(!framing("Connection: keep-alive\r\nX-Close: close\r\n").close);
+    }
+
+    #[test]
     fn hostile_request_heads_are_refused() {
         for wire in [
             &b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n"[..],
@@ -866,6 +933,17 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /p?q HTTP/1.1\r\nhost: 127.0.0.1:9\r\nx-a: 1\r\ncontent-length: 3\r\n\r\n"
+        );
+        // A client's Host stays where it was; a length it sent is kept (as the body's).
+        let mut sent = HeaderMap::new();
+        sent.insert("x-b", HeaderValue::from_static("2"));
+        sent.insert("host", HeaderValue::from_static("svc"));
+        sent.insert("content-length", HeaderValue::from_static("0"));
+        let mut out = Vec::new();
+        encode_request_head(&Method::GET, &"/".parse().unwrap(), &sent, "127.0.0.1:9", 0, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\nx-b: 2\r\nhost: svc\r\ncontent-length: 0\r\n\r\n"
         );
         let mut out = Vec::new();
         headers.insert("date", HeaderValue::from_static("Thu, 26 Nov 2026 10:00:00 GMT"));

@@ -83,7 +83,7 @@ pub(crate) async fn serve(mut stream: TcpStream, proxy: &Proxy, client: &Downstr
             }
         }
         let body = buf.split_to(body_len).freeze();
-        let close = h1::connection_has(&head.headers, "close");
+        let close = head.framing.close;
         let method = head.method.clone();
         let mut req = Request::new(if body.is_empty() {
             Empty::new().map_err(|n| match n {}).boxed()
@@ -127,16 +127,16 @@ pub(crate) async fn serve(mut stream: TcpStream, proxy: &Proxy, client: &Downstr
 /// The body length of a request this loop takes on: HTTP/1.1, no transfer coding, upgrade or
 /// `Expect`, and a body small enough to be kept for a resend. `None` for anything else.
 fn inline_body_len(head: &h1::RequestHead) -> Option<usize> {
-    let h = &head.headers;
+    let f = &head.framing;
     if head.version != Version::HTTP_11
         || head.method == Method::CONNECT
-        || h.contains_key(header::TRANSFER_ENCODING)
-        || h.contains_key(header::UPGRADE)
-        || h.contains_key(header::EXPECT)
+        || f.transfer_encoding
+        || f.upgrade
+        || f.expect
     {
         return None;
     }
-    match h1::content_length(h) {
+    match f.length {
         Ok(None) => Some(0),
         Ok(Some(n)) if n <= RETRY_BUFFER_BYTES => Some(n as usize),
         _ => None,
