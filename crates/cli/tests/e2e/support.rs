@@ -289,10 +289,15 @@ impl Http {
         }
         req.push_str("\r\n");
         req.push_str(body);
-        w.write_all(req.as_bytes()).map_err(|e| format!("write: {e}"))?;
+        // A server may answer before it has read the whole body (413) and close; like curl,
+        // read the answer that came before the write failed.
+        let written = w.write_all(req.as_bytes());
         let mut status_line = String::new();
-        if r.read_line(&mut status_line).map_err(|e| format!("read: {e}"))? == 0 {
-            return Err("connection closed".into());
+        match (r.read_line(&mut status_line), written) {
+            (Ok(n), _) if n > 0 => {}
+            (_, Err(e)) => return Err(format!("write: {e}")),
+            (Ok(_), Ok(())) => return Err("connection closed".into()),
+            (Err(e), Ok(())) => return Err(format!("read: {e}")),
         }
         let status: u16 = status_line
             .split_whitespace()
