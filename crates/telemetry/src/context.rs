@@ -2,7 +2,29 @@
 //! parsed strictly. A header that does not follow the rules is ignored (a new trace starts),
 //! never passed on half-understood.
 
+use std::cell::RefCell;
 use std::fmt;
+
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
+
+thread_local! {
+    /// Ids must not collide, not be secret: a fast generator per thread, seeded from the
+    /// operating system (as OpenTelemetry's SDKs make them), instead of the cryptographic one
+    /// every request would otherwise pay for twice.
+    static IDS: RefCell<SmallRng> = RefCell::new(SmallRng::from_os_rng());
+}
+
+/// `N` random bytes that are not all zeros.
+fn random_id<const N: usize>() -> [u8; N] {
+    IDS.with(|rng| {
+        let mut id = [0u8; N];
+        while id == [0u8; N] {
+            rng.borrow_mut().fill_bytes(&mut id);
+        }
+        id
+    })
+}
 
 /// A 16-byte trace id; never all zeros.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -15,12 +37,7 @@ pub struct SpanId(pub [u8; 8]);
 impl TraceId {
     /// A random id.
     pub fn random() -> TraceId {
-        loop {
-            let id: [u8; 16] = rand::random();
-            if id != [0; 16] {
-                return TraceId(id);
-            }
-        }
+        TraceId(random_id())
     }
 
     /// Parses 32 lowercase hex digits; all zeros is invalid.
@@ -47,12 +64,7 @@ impl TraceId {
 impl SpanId {
     /// A random id.
     pub fn random() -> SpanId {
-        loop {
-            let id: [u8; 8] = rand::random();
-            if id != [0; 8] {
-                return SpanId(id);
-            }
-        }
+        SpanId(random_id())
     }
 
     /// Parses 16 lowercase hex digits; all zeros is invalid.
@@ -268,6 +280,18 @@ mod tests {
         let long: Vec<String> = (0..10).map(|i| format!("k{i}={}", "v".repeat(100))).collect();
         let kept = parse(&long.join(","));
         assert!(kept.len() <= 512 && kept.starts_with("k0="), "{kept}");
+    }
+
+    #[test]
+    fn random_ids_do_not_repeat_within_or_across_threads() {
+        let here: Vec<TraceId> = (0..10_000).map(|_| TraceId::random()).collect();
+        let there = std::thread::spawn(|| (0..10_000).map(|_| TraceId::random()).collect::<Vec<_>>());
+        let mut all: std::collections::HashSet<TraceId> = here.into_iter().collect();
+        all.extend(there.join().unwrap());
+        assert_eq!(all.len(), 20_000);
+        let spans: std::collections::HashSet<SpanId> = (0..10_000).map(|_| SpanId::random()).collect();
+        assert_eq!(spans.len(), 10_000);
+        assert!(!spans.contains(&SpanId([0; 8])) && !all.contains(&TraceId([0; 16])));
     }
 
     #[test]
