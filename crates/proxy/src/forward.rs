@@ -242,8 +242,10 @@ impl HopContext {
                 (id, None, traces.sample_new(&id), String::new())
             }
         };
-        // The same value tells the client which trace its request joined.
-        let context = HeaderValue::from_bytes(&traceparent(trace_id, span_id, sampled)).ok();
+        // The same value tells the client which trace its request joined; shared from the
+        // start, so that the second copy allocates nothing.
+        let context =
+            HeaderValue::from_maybe_shared(Bytes::from_owner(traceparent(trace_id, span_id, sampled))).ok();
         if let Some(v) = &context {
             headers.insert(TRACEPARENT, v.clone());
         }
