@@ -14,7 +14,6 @@ mod h1;
 mod h1_server;
 mod metrics;
 mod policy;
-mod quick_hash;
 mod traffic;
 mod upstream;
 

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 
 use crate::forward::{Body, BoxError};
 use crate::h1;
-use crate::quick_hash::QuickHashing;
+use yun_telemetry::quick_hash::QuickHashing;
 
 /// How long connecting to an instance may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -8,6 +8,7 @@
 
 pub mod context;
 pub mod otlp;
+pub mod quick_hash;
 pub mod series;
 pub mod slo;
 mod store;

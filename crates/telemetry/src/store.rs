@@ -5,12 +5,12 @@
 
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::quick_hash::QuickHashing;
 use crate::{Hop, Span, SpanId, TraceId};
 
 /// What the store holds per span: a data-plane hop stays compact until it is read.
@@ -172,7 +172,7 @@ struct Area {
     ring: VecDeque<Option<Entry>>,
     /// The sequence number of the ring's front slot (every slot pushed gets the next one).
     front: u64,
-    marks: HashMap<MarkKey, Mark, IdHashing>,
+    marks: HashMap<MarkKey, Mark, QuickHashing>,
     /// The room of the marks' table: it grows and never shrinks.
     marks_room: usize,
     /// Bytes the spans hold besides their slots.
@@ -298,64 +298,12 @@ impl Area {
     }
 
     /// Every trace with its spans, in arrival order.
-    fn traces(&self) -> HashMap<TraceId, Vec<&Entry>, IdHashing> {
-        let mut out: HashMap<TraceId, Vec<&Entry>, IdHashing> = HashMap::default();
+    fn traces(&self) -> HashMap<TraceId, Vec<&Entry>, QuickHashing> {
+        let mut out: HashMap<TraceId, Vec<&Entry>, QuickHashing> = HashMap::default();
         for span in self.ring.iter().flatten() {
             out.entry(span.trace_id()).or_default().push(span);
         }
         out
-    }
-}
-
-/// Hashing for maps keyed by trace id: one keyed folded multiply per 8 bytes instead of
-/// SipHash (ids are random already); the per-process key keeps ids that clients choose from
-/// piling into one bucket.
-#[derive(Clone, Copy)]
-struct IdHashing {
-    key: u64,
-    multiplier: u64,
-}
-
-impl Default for IdHashing {
-    fn default() -> IdHashing {
-        IdHashing { key: rand::random(), multiplier: rand::random::<u64>() | 1 }
-    }
-}
-
-impl BuildHasher for IdHashing {
-    type Hasher = IdHasher;
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher { state: self.key, multiplier: self.multiplier }
-    }
-}
-
-struct IdHasher {
-    state: u64,
-    multiplier: u64,
-}
-
-impl IdHasher {
-    fn mix(&mut self, word: u64) {
-        let product = u128::from(self.state ^ word) * u128::from(self.multiplier);
-        self.state = (product as u64) ^ ((product >> 64) as u64);
-    }
-}
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.mix(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.mix(n as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.state
     }
 }
 
