@@ -215,6 +215,24 @@ struct Outcome {
     passed: Option<PassedFields>,
 }
 
+/// Which of the fields the proxy looks up a request carries, when the codec that parsed it
+/// found out on the way: lookups of absent fields are skipped (each one hashes the name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Present {
+    /// `x-yun-hop`.
+    pub hop: bool,
+    pub traceparent: bool,
+    pub tracestate: bool,
+    /// A hop-by-hop field: `Connection`, `Upgrade`, `TE`, `Keep-Alive`…
+    pub hop_by_hop: bool,
+}
+
+impl Present {
+    /// Not known (a request that came through hyper): every lookup is made.
+    pub(crate) const UNKNOWN: Present =
+        Present { hop: true, traceparent: true, tracestate: true, hop_by_hop: true };
+}
+
 /// This hop's part in a trace: the context it arrived with (or a new trace), and its own span,
 /// which becomes the parent that is passed on.
 struct HopContext {
@@ -230,9 +248,10 @@ struct HopContext {
 impl HopContext {
     /// Reads `traceparent`/`tracestate` (an invalid one starts a new trace) and replaces them
     /// with this hop's context.
-    fn begin(traces: &TraceStore, headers: &mut hyper::HeaderMap) -> HopContext {
-        let incoming = headers.get(&TRACEPARENT).and_then(|tp| {
-            TraceContext::parse(tp.as_bytes(), headers.get(&TRACESTATE).map(|v| v.as_bytes()))
+    fn begin(traces: &TraceStore, headers: &mut hyper::HeaderMap, present: Present) -> HopContext {
+        let incoming = present.traceparent.then(|| headers.get(&TRACEPARENT)).flatten().and_then(|tp| {
+            let state = present.tracestate.then(|| headers.get(&TRACESTATE)).flatten();
+            TraceContext::parse(tp.as_bytes(), state.map(|v| v.as_bytes()))
         });
         let span_id = SpanId::random();
         let (trace_id, parent, sampled, tracestate) = match incoming {
@@ -253,9 +272,10 @@ impl HopContext {
             Ok(v) if !tracestate.is_empty() => {
                 headers.insert(TRACESTATE, v);
             }
-            _ => {
+            _ if present.tracestate => {
                 headers.remove(&TRACESTATE);
             }
+            _ => {}
         }
         HopContext {
             trace_id,
@@ -386,7 +406,7 @@ impl Proxy {
     /// Handles one request from `client`; the response's map holds all its fields.
     pub(crate) async fn handle(&self, req: Request<Body>, client: &Downstream) -> Response<Body> {
         // Not asked to, the attempts pass no fields as received.
-        self.serve(req, client, false).await.0
+        self.serve(req, client, Present::UNKNOWN, false).await.0
     }
 
     /// Handles one request for a writer that copies an instance's answer's fields as they
@@ -396,23 +416,29 @@ impl Proxy {
         &self,
         req: Request<Body>,
         client: &Downstream,
+        present: Present,
     ) -> (Response<Body>, Option<PassedFields>) {
-        self.serve(req, client, true).await
+        self.serve(req, client, present, true).await
     }
 
     async fn serve(
         &self,
         mut req: Request<Body>,
         client: &Downstream,
+        present: Present,
         pass: bool,
     ) -> (Response<Body>, Option<PassedFields>) {
         let hop = &*client.hop;
         // The caller as the platform sees it; whatever a client claimed is replaced, except on
         // requests this daemon passed on and vouched for.
-        let vouched =
-            !hop.is_empty() && req.headers().get(&HOP).is_some_and(|v| v.as_bytes() == hop.as_bytes());
-        req.headers_mut().remove(&HOP);
-        let claimed = req.headers().get(&CALLER_HEADER).and_then(|v| v.to_str().ok());
+        let vouched = present.hop
+            && !hop.is_empty()
+            && req.headers().get(&HOP).is_some_and(|v| v.as_bytes() == hop.as_bytes());
+        if present.hop {
+            req.headers_mut().remove(&HOP);
+        }
+        let claimed =
+            vouched.then(|| req.headers().get(&CALLER_HEADER)).flatten().and_then(|v| v.to_str().ok());
         // `insert` replaces every value a client may have sent.
         let source_id: Arc<str> = match (vouched, claimed) {
             (true, Some(c)) => {
@@ -427,7 +453,8 @@ impl Proxy {
             }
         };
         let source = &*source_id;
-        let hop_trace = self.metrics.traces.as_ref().map(|t| HopContext::begin(t, req.headers_mut()));
+        let hop_trace =
+            self.metrics.traces.as_ref().map(|t| HopContext::begin(t, req.headers_mut(), present));
         let (method, path): (_, Box<str>) = match &hop_trace {
             Some(_) => (req.method().clone(), cut(req.uri().path(), yun_telemetry::MAX_ATTRIBUTE_LEN).into()),
             None => (hyper::Method::GET, Box::default()),
@@ -458,7 +485,7 @@ impl Proxy {
                 }
                 self.pass_on(req, addr).await
             }
-            (None, None) => self.guarded(req, client, &active, &guard, &mut outcome).await,
+            (None, None) => self.guarded(req, client, present, &active, &guard, &mut outcome).await,
         };
         let took = start.elapsed();
         let elapsed = took.as_secs_f64();
@@ -584,6 +611,7 @@ impl Proxy {
         &self,
         mut req: Request<Body>,
         client: &Downstream,
+        present: Present,
         active: &Active,
         guard: &Guard,
         outcome: &mut Outcome,
@@ -635,8 +663,21 @@ impl Proxy {
             budget.deposit();
         }
 
-        let upgrade = is_upgrade(&req);
+        let upgrade = present.hop_by_hop && is_upgrade(&req);
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        if present.hop_by_hop {
+            // The fields of the client's connection stay with it; an upgrade asks for its own.
+            let headers = req.headers_mut();
+            let asked = upgrade
+                .then(|| (headers.get(header::CONNECTION).cloned(), headers.get(header::UPGRADE).cloned()));
+            strip_hop_by_hop(headers);
+            if let Some((conn, up)) = asked {
+                headers.insert(header::CONNECTION, conn.unwrap_or(HeaderValue::from_static("upgrade")));
+                if let Some(up) = up {
+                    headers.insert(header::UPGRADE, up);
+                }
+            }
+        }
         // Only a breaker needs the time the attempts took.
         let start = verdict.is_some().then(std::time::Instant::now);
         let attempts = self.attempts(req, client, active, guard, downstream_upgrade, outcome);
@@ -694,16 +735,6 @@ impl Proxy {
     ) -> Result<Response<Body>, Failure> {
         let upgrade = downstream_upgrade.is_some();
         let (mut parts, body) = req.into_parts();
-        let upgrade_headers = upgrade.then(|| {
-            (parts.headers.get(header::CONNECTION).cloned(), parts.headers.get(header::UPGRADE).cloned())
-        });
-        strip_hop_by_hop(&mut parts.headers);
-        if let Some((conn, up)) = upgrade_headers {
-            parts.headers.insert(header::CONNECTION, conn.unwrap_or(HeaderValue::from_static("upgrade")));
-            if let Some(up) = up {
-                parts.headers.insert(header::UPGRADE, up);
-            }
-        }
         parts.headers.append(FORWARDED_FOR, client.forwarded_for.clone());
         let h2 = parts.version == Version::HTTP_2;
         // Small bodies are buffered so a request can be sent again.

@@ -19,6 +19,9 @@ use hyper::{Method, StatusCode, Uri, Version};
 use smallvec::SmallVec;
 use tokio::io::AsyncRead;
 
+use crate::HOP_HEADER;
+use crate::forward::Present;
+
 /// Largest message head (request or response line plus headers) read.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields in one message head (hyper's default too).
@@ -69,6 +72,8 @@ pub(crate) struct RequestHead {
     pub raw: Bytes,
     /// What its fields say about the message and the connection, read while parsing.
     pub framing: RequestFraming,
+    /// Which of the fields the proxy looks up are there.
+    pub present: Present,
 }
 
 /// What a request's fields say about how its body is delimited and what it asks of the
@@ -96,6 +101,20 @@ impl RequestFraming {
             close: lists_token(values(FieldKind::Connection), "close"),
         }
     }
+}
+
+/// Which of the fields the proxy looks up are among `kinds`.
+fn present(kinds: impl Iterator<Item = FieldKind>) -> Present {
+    let mut p = Present { hop: false, traceparent: false, tracestate: false, hop_by_hop: false };
+    for kind in kinds {
+        match kind {
+            FieldKind::YunHop => p.hop = true,
+            FieldKind::TraceParent => p.traceparent = true,
+            FieldKind::TraceState => p.tracestate = true,
+            k => p.hop_by_hop |= k.hop_by_hop(),
+        }
+    }
+    p
 }
 
 /// Where a field's name and value lie in a head (start and end of each; heads are at most
@@ -142,8 +161,9 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, I
     let uri = Uri::from_maybe_shared(raw.slice(target.0..target.1))
         .map_err(|_| Invalid("invalid request target"))?;
     let framing = RequestFraming::read(spans.iter().map(|(f, k)| (*k, &raw[f.2 as usize..f.3 as usize])));
+    let present = present(spans.iter().map(|(_, k)| *k));
     let headers = shared_header_map(&raw, spans.iter().map(|(f, _)| *f), REQUEST_FIELDS_ADDED)?;
-    Ok(Some(RequestHead { method, uri, version, headers, raw, framing }))
+    Ok(Some(RequestHead { method, uri, version, headers, raw, framing, present }))
 }
 
 /// The fields that belong to one connection (RFC 9110 §7.6.1); never passed on.
@@ -169,7 +189,7 @@ pub(crate) struct ResponseHead {
     fields: Vec<(FieldSpan, FieldKind)>,
 }
 
-/// What a response field is to the proxy.
+/// What a field is to the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FieldKind {
     Other,
@@ -181,6 +201,10 @@ enum FieldKind {
     Expect,
     /// Any other field of [`HOP_BY_HOP`].
     HopByHop,
+    /// [`HOP_HEADER`].
+    YunHop,
+    TraceParent,
+    TraceState,
 }
 
 impl FieldKind {
@@ -192,8 +216,11 @@ impl FieldKind {
             6 if is("expect") => FieldKind::Expect,
             7 if is("upgrade") => FieldKind::Upgrade,
             7 if is("trailer") => FieldKind::HopByHop,
+            9 if is(HOP_HEADER) => FieldKind::YunHop,
             10 if is("connection") => FieldKind::Connection,
             10 if is("keep-alive") => FieldKind::HopByHop,
+            10 if is("tracestate") => FieldKind::TraceState,
+            11 if is("traceparent") => FieldKind::TraceParent,
             14 if is("content-length") => FieldKind::ContentLength,
             16 if is("proxy-connection") => FieldKind::HopByHop,
             17 if is("transfer-encoding") => FieldKind::TransferEncoding,
@@ -864,6 +891,24 @@ mod tests {
         assert!(framing("Expect: 100-continue\r\n").expect);
         assert!(framing("Connection: keep-alive, Close\r\n").close);
         assert!(!framing("Connection: keep-alive\r\nX-Close: close\r\n").close);
+    }
+
+    #[test]
+    fn the_fields_the_proxy_looks_up_are_found_while_parsing() {
+        let present = |fields: &str| {
+            let wire = format!("GET / HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n{fields}\r\n");
+            parse_request(&mut BytesMut::from(wire.as_bytes())).unwrap().unwrap().present
+        };
+        let none = Present { hop: false, traceparent: false, tracestate: false, hop_by_hop: false };
+        assert_eq!(present(""), none);
+        assert_eq!(present("X-Yun-Hop-Other: 1\r\nTraceparents: 1\r\nx-tracestate: 1\r\n"), none);
+        assert_eq!(present("X-YUN-HOP: t\r\n"), Present { hop: true, ..none });
+        assert_eq!(present("TraceParent: 00-x\r\n"), Present { traceparent: true, ..none });
+        assert_eq!(present("tracestate: a=b\r\n"), Present { tracestate: true, ..none });
+        for field in ["Connection: keep-alive", "Upgrade: h2c", "TE: trailers", "Keep-Alive: 5", "Trailer: x"]
+        {
+            assert_eq!(present(&format!("{field}\r\n")), Present { hop_by_hop: true, ..none }, "{field}");
+        }
     }
 
     #[test]

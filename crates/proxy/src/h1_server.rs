@@ -96,7 +96,7 @@ pub(crate) async fn serve(mut stream: TcpStream, proxy: &Proxy, client: &Downstr
         *req.headers_mut() = head.headers;
 
         // The answer; a client that goes away meanwhile cancels the request, as with hyper.
-        let mut handling = std::pin::pin!(proxy.handle_passing(req, client));
+        let mut handling = std::pin::pin!(proxy.handle_passing(req, client, head.present));
         let resp = loop {
             if buf.len() >= h1::MAX_HEAD {
                 break handling.await;
