@@ -511,10 +511,15 @@ impl Proxy {
         }
         lane.requests(outcome.instance.as_deref(), resp.status().as_u16()).inc();
         let mut resp = resp;
-        let passed = outcome.passed.take();
-        if let (Some(hop), Some(traces)) = (hop_trace, &self.metrics.traces) {
-            if let Some(v) = &hop.context {
-                resp.headers_mut().insert(TRACERESPONSE, v.clone());
+        let mut passed = outcome.passed.take();
+        if let (Some(mut hop), Some(traces)) = (hop_trace, &self.metrics.traces) {
+            if let Some(v) = hop.context.take() {
+                match passed.as_mut() {
+                    Some(p) => p.add(TRACERESPONSE, v),
+                    None => {
+                        resp.headers_mut().insert(TRACERESPONSE, v);
+                    }
+                }
             }
             let sampled = hop.sampled;
             let record = self.hop(hop, &method, path, lane.place.clone(), outcome, &resp, took);

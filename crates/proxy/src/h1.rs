@@ -285,7 +285,7 @@ impl ResponseHead {
             FieldKind::ContentLength => keep_length,
             k => !k.hop_by_hop(),
         });
-        Ok(PassedFields { raw: self.raw, fields, has_date })
+        Ok(PassedFields { raw: self.raw, fields, has_date, added: None })
     }
 }
 
@@ -295,15 +295,26 @@ pub(crate) struct PassedFields {
     raw: Bytes,
     fields: Vec<(FieldSpan, FieldKind)>,
     has_date: bool,
+    /// A field the proxy adds, written after them: the response's map then stays empty (a
+    /// map allocates on its first field).
+    added: Option<(HeaderName, HeaderValue)>,
 }
 
 impl PassedFields {
+    /// Adds `name: value` after the passed fields (once: a second call replaces the first).
+    pub(crate) fn add(&mut self, name: HeaderName, value: HeaderValue) {
+        self.added = Some((name, value));
+    }
+
     fn write(&self, out: &mut Vec<u8>) {
         for &((ns, ne, vs, ve), _) in &self.fields {
             out.extend_from_slice(&self.raw[ns as usize..ne as usize]);
             out.extend_from_slice(b": ");
             out.extend_from_slice(&self.raw[vs as usize..ve as usize]);
             out.extend_from_slice(b"\r\n");
+        }
+        if let Some((name, value)) = &self.added {
+            write_field(name, value, out);
         }
     }
 }

@@ -240,11 +240,18 @@ pub fn app_processes(app: &str, marker: &str) -> Vec<u32> {
 pub struct Http {
     addr: String,
     conn: Option<(TcpStream, BufReader<TcpStream>)>,
+    /// The fields of the last answer, names in lowercase, in order.
+    pub fields: Vec<(String, String)>,
 }
 
 impl Http {
     pub fn new(addr: &str) -> Http {
-        Http { addr: addr.to_string(), conn: None }
+        Http { addr: addr.to_string(), conn: None, fields: Vec::new() }
+    }
+
+    /// The values of the last answer's fields named `name` (lowercase).
+    pub fn field(&self, name: &str) -> Vec<&str> {
+        self.fields.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
     }
 
     /// Sends a request; any transport error is returned (and the connection dropped).
@@ -306,12 +313,16 @@ impl Http {
             .ok_or(format!("bad status line {status_line:?}"))?;
         let mut len = 0usize;
         let mut chunked = false;
+        self.fields.clear();
         loop {
             let mut h = String::new();
             r.read_line(&mut h).map_err(|e| format!("read: {e}"))?;
             let h = h.trim_end().to_ascii_lowercase();
             if h.is_empty() {
                 break;
+            }
+            if let Some((name, value)) = h.split_once(':') {
+                self.fields.push((name.to_string(), value.trim().to_string()));
             }
             if let Some(v) = h.strip_prefix("content-length:") {
                 len = v.trim().parse().unwrap_or(0);

@@ -369,3 +369,50 @@ fn log_lines_link_to_their_traces_and_can_be_searched() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid trace id"), "{out:?}");
 }
+
+#[test]
+fn the_client_is_told_which_trace_its_request_joined() {
+    let d = Daemon::start();
+    let port = free_port();
+    let manifest = format!(
+        r#"apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: told
+spec:
+  components:
+    - name: front
+      type: webservice
+      properties:
+        cmd: ["{TESTSVC}"]
+        port: {port}
+      traits:
+        - type: gateway
+          properties:
+            http:
+              "/": {port}
+"#
+    );
+    d.apply("t.yaml", &manifest);
+    d.wait_phase("told", "running", 30);
+    // The service address (the instance's fields passed on as they came) and the gateway.
+    for (n, addr) in [format!("127.0.0.1:{port}"), d.gateway_addr()].iter().enumerate() {
+        let trace_id = format!("0af7651916cd43dd8448eb211c80319{n}");
+        let mut http = Http::new(addr);
+        let (code, _) = http
+            .request("GET", "/", &[("traceparent", &format!("00-{trace_id}-b7ad6b7169203331-01"))], "")
+            .unwrap();
+        assert_eq!(code, 200);
+        let told = http.field("traceresponse");
+        assert_eq!(told.len(), 1, "one traceresponse from {addr}: {:?}", http.fields);
+        let spans = trace(&d, &trace_id, 1);
+        let front = by_service(&spans, "front");
+        let hop = front["span_id"].as_str().unwrap();
+        assert_eq!(told[0], format!("00-{trace_id}-{hop}-01"), "names the hop's span in the client's trace");
+        // A new trace is started for a client that sent none, and named too.
+        http.request("GET", "/", &[], "").unwrap();
+        let told = http.field("traceresponse");
+        assert_eq!(told.len(), 1, "{:?}", http.fields);
+        assert!(!told[0].contains(&trace_id) && told[0].len() == 55, "{}", told[0]);
+    }
+}
