@@ -2,13 +2,14 @@
 //! response back. HTTP/2 requests go to instances over HTTP/2 (h2c, so gRPC with trailers
 //! passes), HTTP/1.1 upgrades (WebSocket) are spliced through, bodies stream both ways.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Frame, SizeHint};
 use hyper::header::{self, HeaderName, HeaderValue};
@@ -168,6 +169,8 @@ struct Lane {
     edge: Arc<EdgeCounters>,
     /// Request counters by status class, for each instance the requests reached.
     requests: Vec<(Arc<str>, [Counter; 5])>,
+    /// The path of the last hop recorded: most requests on a connection repeat it.
+    path: Arc<str>,
 }
 
 /// Instances a lane keeps counters for; past that it starts over (an instance that answered
@@ -175,6 +178,14 @@ struct Lane {
 const LANE_INSTANCES: usize = 16;
 
 impl Lane {
+    /// `path`, shared with the last hop's when it is the same.
+    fn path(&mut self, path: &str) -> Arc<str> {
+        if *self.path != *path {
+            self.path = path.into();
+        }
+        self.path.clone()
+    }
+
     /// The counter of a request answered by `instance` (`none` when no instance answered).
     fn requests(&mut self, instance: Option<&str>, status: u16) -> &Counter {
         let instance = instance.unwrap_or("none");
@@ -264,7 +275,7 @@ impl HopContext {
         // The same value tells the client which trace its request joined; shared from the
         // start, so that the second copy allocates nothing.
         let context =
-            HeaderValue::from_maybe_shared(Bytes::from_owner(traceparent(trace_id, span_id, sampled))).ok();
+            HeaderValue::from_maybe_shared(from_slab(&traceparent(trace_id, span_id, sampled))).ok();
         if let Some(v) = &context {
             headers.insert(TRACEPARENT, v.clone());
         }
@@ -286,6 +297,26 @@ impl HopContext {
             context,
         }
     }
+}
+
+thread_local! {
+    /// Room this thread's `traceparent` values are cut from: one allocation serves dozens of
+    /// requests (each value holds a share of it until its request is answered).
+    static SLAB: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// `value` as shared bytes, cut from this thread's slab.
+fn from_slab(value: &[u8]) -> Bytes {
+    // Small, so that a value held long (a request waiting on a slow instance) keeps little
+    // else alive.
+    const SLAB_BYTES: usize = 2048;
+    SLAB.with_borrow_mut(|slab| {
+        if slab.capacity() < value.len() {
+            *slab = BytesMut::with_capacity(SLAB_BYTES.max(value.len()));
+        }
+        slab.extend_from_slice(value);
+        slab.split().freeze()
+    })
 }
 
 /// The caller instances are told about.
@@ -455,10 +486,9 @@ impl Proxy {
         let source = &*source_id;
         let hop_trace =
             self.metrics.traces.as_ref().map(|t| HopContext::begin(t, req.headers_mut(), present));
-        let (method, path): (_, Box<str>) = match &hop_trace {
-            Some(_) => (req.method().clone(), cut(req.uri().path(), yun_telemetry::MAX_ATTRIBUTE_LEN).into()),
-            None => (hyper::Method::GET, Box::default()),
-        };
+        // The target shares the request head's bytes: kept, it costs no copy until the hop is
+        // recorded.
+        let method_and_target = hop_trace.as_ref().map(|_| (req.method().clone(), req.uri().clone()));
         self.in_flight.inc();
         let in_flight = self.in_flight.clone();
         let _in_flight = scopeguard(move || {
@@ -512,7 +542,9 @@ impl Proxy {
         lane.requests(outcome.instance.as_deref(), resp.status().as_u16()).inc();
         let mut resp = resp;
         let mut passed = outcome.passed.take();
-        if let (Some(mut hop), Some(traces)) = (hop_trace, &self.metrics.traces) {
+        if let (Some(mut hop), Some(traces), Some((method, target))) =
+            (hop_trace, &self.metrics.traces, method_and_target)
+        {
             if let Some(v) = hop.context.take() {
                 match passed.as_mut() {
                     Some(p) => p.add(TRACERESPONSE, v),
@@ -522,6 +554,7 @@ impl Proxy {
                 }
             }
             let sampled = hop.sampled;
+            let path = lane.path(cut(target.path(), yun_telemetry::MAX_ATTRIBUTE_LEN));
             let record = self.hop(hop, &method, path, lane.place.clone(), outcome, &resp, took);
             traces.record_hop(record, sampled);
         }
@@ -560,6 +593,7 @@ impl Proxy {
             series: self.series(route),
             edge: self.edge(source),
             requests: Vec::new(),
+            path: Arc::from(""),
         }
     }
 
@@ -569,7 +603,7 @@ impl Proxy {
         &self,
         hop: HopContext,
         method: &hyper::Method,
-        path: Box<str>,
+        path: Arc<str>,
         place: Arc<HopPlace>,
         outcome: Outcome,
         resp: &Response<Body>,
@@ -1245,4 +1279,23 @@ fn refusal(status: StatusCode, message: &str, policy: Option<&str>) -> Response<
         resp.headers_mut().insert(POLICY_HEADER, v);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_cut_from_the_slab_keep_their_bytes_as_it_is_replaced() {
+        let values: Vec<Vec<u8>> =
+            (0..500u32).map(|i| format!("value-{i}-{}", "x".repeat(i as usize % 60)).into_bytes()).collect();
+        let cut: Vec<Bytes> = values.iter().map(|v| from_slab(v)).collect();
+        for (v, c) in values.iter().zip(&cut) {
+            assert_eq!(&c[..], &v[..]);
+        }
+        // Larger than a slab, too.
+        let big = vec![7u8; 5000];
+        assert_eq!(&from_slab(&big)[..], &big[..]);
+        assert_eq!(&from_slab(b"after")[..], b"after");
+    }
 }

@@ -90,20 +90,32 @@ impl fmt::Display for SpanId {
 /// A `traceparent` value (version 00) written without the formatting machinery; the data
 /// plane makes two per request.
 pub fn traceparent(trace_id: TraceId, span_id: SpanId, sampled: bool) -> [u8; 55] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    for (i, b) in trace_id.0.iter().enumerate() {
-        out[3 + 2 * i] = HEX[(b >> 4) as usize];
-        out[4 + 2 * i] = HEX[(b & 15) as usize];
-    }
-    for (i, b) in span_id.0.iter().enumerate() {
-        out[36 + 2 * i] = HEX[(b >> 4) as usize];
-        out[37 + 2 * i] = HEX[(b & 15) as usize];
-    }
+    hex_into(&trace_id.0, &mut out[3..35]);
+    hex_into(&span_id.0, &mut out[36..52]);
     if sampled {
         out[54] = b'1';
     }
     out
+}
+
+/// The two lowercase hex digits of every byte: one lookup per byte.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        pairs[b] = [HEX[b >> 4], HEX[b & 15]];
+        b += 1;
+    }
+    pairs
+};
+
+/// Writes `bytes` as lowercase hex into `out` (twice as long).
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[*b as usize]);
+    }
 }
 
 /// Lowercase hex only, as the specification requires.
@@ -233,6 +245,18 @@ mod tests {
         assert!(c.sampled);
         assert_eq!(c.tracestate, "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE");
         assert_eq!(c.traceparent(), VALID);
+    }
+
+    #[test]
+    fn every_id_is_written_as_it_is_read() {
+        for sampled in (0..2000).map(|i| i % 2 == 0) {
+            let (t, s) = (TraceId::random(), SpanId::random());
+            let value = traceparent(t, s, sampled);
+            let text = std::str::from_utf8(&value).unwrap();
+            assert_eq!(text, format!("00-{t}-{s}-0{}", u8::from(sampled)));
+            let c = TraceContext::parse(&value, None).unwrap();
+            assert_eq!((c.trace_id, c.parent_id, c.sampled), (t, s, sampled));
+        }
     }
 
     #[test]

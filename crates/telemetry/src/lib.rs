@@ -181,7 +181,9 @@ pub struct Hop {
     pub place: Arc<HopPlace>,
     /// One of HTTP's own methods, or `_OTHER` (as OpenTelemetry names the rest).
     pub method: &'static str,
-    pub path: Box<str>,
+    /// Shared with the hops before it that had the same path (the data plane keeps the last
+    /// one per connection); counted whole by every hop all the same.
+    pub path: Arc<str>,
     pub status: u16,
     /// The instance that answered.
     pub instance: Option<Arc<str>>,
@@ -210,7 +212,8 @@ impl Hop {
                     _ => 0,
                 }
         });
-        std::mem::size_of::<Hop>() + heap(self.path.len()) + details
+        // An `Arc`'s allocation holds its two counts before the text.
+        std::mem::size_of::<Hop>() + heap(16 + self.path.len()) + details
     }
 
     fn policy(&self) -> Option<&str> {
