@@ -7,6 +7,11 @@ use crate::support::*;
 
 /// `front` (behind the gateway) calls `back` through its service address.
 fn two_services(app: &str) -> String {
+    two_services_on(app, free_port())
+}
+
+/// [`two_services`] with `front`'s service address on `front`.
+fn two_services_on(app: &str, front: u16) -> String {
     format!(
         r#"apiVersion: core.oam.dev/v1beta1
 kind: Application
@@ -30,7 +35,6 @@ spec:
         cmd: ["{TESTSVC}"]
         port: {back}
 "#,
-        front = free_port(),
         back = free_port(),
     )
 }
@@ -374,26 +378,7 @@ fn log_lines_link_to_their_traces_and_can_be_searched() {
 fn the_client_is_told_which_trace_its_request_joined() {
     let d = Daemon::start();
     let port = free_port();
-    let manifest = format!(
-        r#"apiVersion: core.oam.dev/v1beta1
-kind: Application
-metadata:
-  name: told
-spec:
-  components:
-    - name: front
-      type: webservice
-      properties:
-        cmd: ["{TESTSVC}"]
-        port: {port}
-      traits:
-        - type: gateway
-          properties:
-            http:
-              "/": {port}
-"#
-    );
-    d.apply("t.yaml", &manifest);
+    d.apply("t.yaml", &two_services_on("told", port));
     d.wait_phase("told", "running", 30);
     // The service address (the instance's fields passed on as they came) and the gateway.
     for (n, addr) in [format!("127.0.0.1:{port}"), d.gateway_addr()].iter().enumerate() {
