@@ -228,7 +228,8 @@ struct Outcome {
 
 /// Which of the fields the proxy looks up a request carries, when the codec that parsed it
 /// found out on the way: lookups of absent fields are skipped (each one hashes the name).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The default is none of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Present {
     /// `x-yun-hop`.
     pub hop: bool,

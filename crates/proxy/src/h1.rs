@@ -105,7 +105,7 @@ impl RequestFraming {
 
 /// Which of the fields the proxy looks up are among `kinds`.
 fn present(kinds: impl Iterator<Item = FieldKind>) -> Present {
-    let mut p = Present { hop: false, traceparent: false, tracestate: false, hop_by_hop: false };
+    let mut p = Present::default();
     for kind in kinds {
         match kind {
             FieldKind::YunHop => p.hop = true,
@@ -910,7 +910,7 @@ mod tests {
             let wire = format!("GET / HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n{fields}\r\n");
             parse_request(&mut BytesMut::from(wire.as_bytes())).unwrap().unwrap().present
         };
-        let none = Present { hop: false, traceparent: false, tracestate: false, hop_by_hop: false };
+        let none = Present::default();
         assert_eq!(present(""), none);
         assert_eq!(present("X-Yun-Hop-Other: 1\r\nTraceparents: 1\r\nx-tracestate: 1\r\n"), none);
         assert_eq!(present("X-YUN-HOP: t\r\n"), Present { hop: true, ..none });
