@@ -250,6 +250,9 @@ fn main() -> ExitCode {
         1 => tokio::runtime::Builder::new_current_thread(),
         _ => tokio::runtime::Builder::new_multi_thread(),
     };
+    // Hops recorded while serving are added to the trace store when the thread has nothing
+    // else to do, not in front of the next response.
+    builder.on_thread_park(yun_telemetry::flush_hops);
     let runtime = match builder.max_blocking_threads(16).enable_all().build() {
         Ok(r) => r,
         Err(e) => {

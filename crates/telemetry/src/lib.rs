@@ -21,7 +21,7 @@ use serde::Serialize;
 
 pub use context::{SpanId, TraceContext, TraceId};
 pub use series::MetricsStore;
-pub use store::{Limits, Sampling, TraceQuery, TraceStore, TraceSummary};
+pub use store::{Limits, Sampling, TraceQuery, TraceStore, TraceSummary, flush_hops};
 
 /// The longest attribute value kept; longer ones are cut (and marked with "…").
 pub const MAX_ATTRIBUTE_LEN: usize = 1024;

@@ -2,10 +2,16 @@
 //! of the others wait in a small pending area and are kept after all if any span of their trace
 //! fails or is slow (so errors and slow requests are never lost to sampling). When a budget is
 //! spent, the oldest traces go first.
+//!
+//! Data-plane hops are added in batches: a recorded hop waits in a short queue until the thread
+//! that recorded it goes idle ([`flush_hops`]), a batch is full, or the store is read. The
+//! store's work for a hop (evicting the oldest, its index, the export hook) then never waits in
+//! front of the next response, and a reader still sees every hop recorded before it read.
 
+use std::cell::RefCell;
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -332,8 +338,31 @@ impl std::fmt::Debug for TraceStore {
 pub struct TraceStore {
     sampling: Sampling,
     limits: Limits,
+    /// Hops recorded and not yet added, in arrival order, with their sampling decisions. Always
+    /// locked before `inner` when both are held.
+    waiting: Mutex<Vec<(Hop, bool)>>,
     inner: Mutex<Inner>,
     on_keep: Option<KeepHook>,
+}
+
+/// Most hops that wait to be added: a thread that never goes idle adds them in batches of this
+/// many. They are not counted against the store's budget (a few KiB at most).
+const BATCH: usize = 32;
+
+thread_local! {
+    /// The stores this thread recorded hops into since it last added them.
+    static RECORDED_INTO: RefCell<Vec<Weak<TraceStore>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Adds the hops this thread recorded to their stores. A runtime calls it when a thread goes
+/// idle (tokio's `on_thread_park`); without it, hops are added when a batch fills or the store
+/// is read.
+pub fn flush_hops() {
+    while let Some(store) = RECORDED_INTO.try_with(|r| r.borrow_mut().pop()).ok().flatten() {
+        if let Some(store) = store.upgrade() {
+            store.flush();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -345,7 +374,7 @@ struct Inner {
 
 impl TraceStore {
     pub fn new(sampling: Sampling, limits: Limits) -> TraceStore {
-        TraceStore { sampling, limits, inner: Mutex::default(), on_keep: None }
+        TraceStore { sampling, limits, waiting: Mutex::default(), inner: Mutex::default(), on_keep: None }
     }
 
     /// Calls `hook` with every span as it is kept (to export it); it must not block.
@@ -366,19 +395,50 @@ impl TraceStore {
     /// Records a span; `sampled` is the trace's head-sampling decision.
     pub fn record(&self, mut span: Span, sampled: bool) {
         span.sanitize();
-        self.add(Entry::Span(Box::new(span)), sampled);
+        // After the hops recorded before it, so spans arrive in the order they were recorded.
+        self.flush();
+        let Ok(mut inner) = self.inner.lock() else { return };
+        self.add(&mut inner, Entry::Span(Box::new(span)), sampled);
     }
 
-    /// Records a data-plane hop; `sampled` is the trace's head-sampling decision.
-    pub fn record_hop(&self, hop: Hop, sampled: bool) {
-        self.add(Entry::Hop(hop), sampled);
+    /// Records a data-plane hop; `sampled` is the trace's head-sampling decision. It is added
+    /// when this thread goes idle ([`flush_hops`]), when a batch is full, or before a read.
+    pub fn record_hop(self: &Arc<Self>, hop: Hop, sampled: bool) {
+        let Ok(mut waiting) = self.waiting.lock() else { return };
+        waiting.push((hop, sampled));
+        if waiting.len() >= BATCH {
+            self.add_waiting(waiting);
+            return;
+        }
+        drop(waiting);
+        let _ = RECORDED_INTO.try_with(|r| {
+            let mut r = r.borrow_mut();
+            if !r.iter().any(|s| std::ptr::eq(s.as_ptr(), Arc::as_ptr(self))) {
+                r.push(Arc::downgrade(self));
+            }
+        });
     }
 
-    fn add(&self, span: Entry, sampled: bool) {
+    /// Adds the hops recorded so far.
+    fn flush(&self) {
+        if let Ok(waiting) = self.waiting.lock() {
+            self.add_waiting(waiting);
+        }
+    }
+
+    fn add_waiting(&self, mut waiting: MutexGuard<'_, Vec<(Hop, bool)>>) {
+        if waiting.is_empty() {
+            return;
+        }
+        let Ok(mut inner) = self.inner.lock() else { return };
+        for (hop, sampled) in waiting.drain(..) {
+            self.add(&mut inner, Entry::Hop(hop), sampled);
+        }
+    }
+
+    fn add(&self, inner: &mut Inner, span: Entry, sampled: bool) {
         let (start, end) = span.times();
         let slow = Duration::from_nanos(end.saturating_sub(start)) >= self.sampling.slow;
-        let Ok(mut inner) = self.inner.lock() else { return };
-        let inner = &mut *inner;
         let id = span.trace_id();
         if sampled || span.error() || slow || inner.kept.contains(&id) {
             for waiting in inner.pending.take(&id) {
@@ -399,6 +459,7 @@ impl TraceStore {
 
     /// The spans of one trace, earliest first (also a trace still waiting for a decision).
     pub fn trace(&self, id: &TraceId) -> Option<Vec<Span>> {
+        self.flush();
         let inner = self.inner.lock().ok()?;
         let area = [&inner.kept, &inner.pending].into_iter().find(|a| a.contains(id))?;
         let mut spans: Vec<Span> = area.spans_of(id).map(Entry::to_span).collect();
@@ -408,6 +469,7 @@ impl TraceStore {
 
     /// Kept traces matching `q`, newest first.
     pub fn query(&self, q: &TraceQuery) -> Vec<TraceSummary> {
+        self.flush();
         let Ok(inner) = self.inner.lock() else { return Vec::new() };
         let mut out: Vec<TraceSummary> = inner
             .kept
@@ -430,6 +492,7 @@ impl TraceStore {
     }
 
     pub fn stats(&self) -> StoreStats {
+        self.flush();
         let Ok(inner) = self.inner.lock() else { return StoreStats::default() };
         StoreStats {
             traces: inner.kept.trace_count(),
@@ -489,6 +552,28 @@ mod tests {
             error,
             status_message: String::new(),
             attributes: Default::default(),
+        }
+    }
+
+    fn hop(trace: TraceId, status: u16) -> Hop {
+        Hop {
+            trace_id: trace,
+            span_id: SpanId::random(),
+            parent_id: None,
+            place: Arc::new(crate::HopPlace {
+                app: "shop".into(),
+                component: "web".into(),
+                route: "default".into(),
+                source: "external".into(),
+            }),
+            method: "GET",
+            path: "/".into(),
+            status,
+            instance: None,
+            retries: 0,
+            details: None,
+            start_unix_nanos: 1_000_000_000,
+            end_unix_nanos: 1_000_001_000,
         }
     }
 
@@ -605,30 +690,10 @@ mod tests {
     #[test]
     fn the_ring_s_whole_room_counts_and_takes_at_most_half() {
         let limits = Limits { kept_bytes: 256 << 10, pending_bytes: 64 << 10, spans_per_trace: 5 };
-        let s = TraceStore::new(Sampling::default(), limits);
-        let place = std::sync::Arc::new(crate::HopPlace {
-            app: "shop".into(),
-            component: "web".into(),
-            route: "default".into(),
-            source: "external".into(),
-        });
-        let hop = |n: u64| Hop {
-            trace_id: TraceId::random(),
-            span_id: SpanId::random(),
-            parent_id: None,
-            place: place.clone(),
-            method: "GET",
-            path: "/".into(),
-            status: 200,
-            instance: None,
-            retries: 0,
-            details: None,
-            start_unix_nanos: n,
-            end_unix_nanos: n + 1,
-        };
+        let s = Arc::new(TraceStore::new(Sampling::default(), limits));
         let mut last = TraceId::random();
-        for n in 0..20_000 {
-            let h = hop(n);
+        for _ in 0..20_000 {
+            let h = hop(TraceId::random(), 200);
             last = h.trace_id;
             s.record_hop(h, true);
             let inner = s.inner.lock().unwrap();
@@ -646,6 +711,69 @@ mod tests {
         drop(inner);
         assert_eq!(s.trace(&last).unwrap().len(), 1);
         assert_eq!(st.dropped_spans, 20_000 - st.spans as u64);
+    }
+
+    /// A store whose export hook counts the spans it was given.
+    fn counted(ratio: f64) -> (Arc<TraceStore>, Arc<std::sync::atomic::AtomicUsize>) {
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        let s = store(ratio).on_keep(move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        (Arc::new(s), seen)
+    }
+
+    #[test]
+    fn hops_are_added_when_the_thread_is_idle_a_batch_fills_or_the_store_is_read() {
+        let (s, seen) = counted(1.0);
+        let exported = || seen.load(std::sync::atomic::Ordering::SeqCst);
+        s.record_hop(hop(TraceId::random(), 200), true);
+        assert_eq!(exported(), 0, "waits while the thread is busy");
+        flush_hops();
+        assert_eq!(exported(), 1);
+        flush_hops();
+        assert_eq!(exported(), 1, "nothing is added twice");
+
+        for n in 1..BATCH {
+            s.record_hop(hop(TraceId::random(), 200), true);
+            assert_eq!(exported(), 1, "after {n}");
+        }
+        s.record_hop(hop(TraceId::random(), 200), true);
+        assert_eq!(exported(), 1 + BATCH, "a full batch is added at once");
+
+        let t = TraceId::random();
+        s.record_hop(hop(t, 200), true);
+        assert_eq!(s.trace(&t).map(|spans| spans.len()), Some(1), "a read sees it");
+        s.record_hop(hop(TraceId::random(), 200), true);
+        assert_eq!(s.stats().spans, 3 + BATCH);
+    }
+
+    #[test]
+    fn a_reader_sees_the_hops_another_thread_recorded() {
+        let (s, _) = counted(1.0);
+        let t = TraceId::random();
+        // The recording thread never goes idle: its hop still waits in the store's queue.
+        let recorder = s.clone();
+        std::thread::spawn(move || recorder.record_hop(hop(t, 500), false)).join().unwrap();
+        let found = s.query(&TraceQuery { errors_only: true, limit: 10, ..Default::default() });
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].trace_id, t.to_string());
+    }
+
+    #[test]
+    fn a_span_arrives_after_the_hops_recorded_before_it() {
+        let exported = Arc::new(Mutex::new(Vec::new()));
+        let into = exported.clone();
+        let s = Arc::new(store(1.0).on_keep(move |span| into.lock().unwrap().push(span.service)));
+        let t = TraceId::random();
+        s.record_hop(hop(t, 200), true);
+        s.record(span(t, None, "catalogue", 1, false), true);
+        assert_eq!(*exported.lock().unwrap(), ["web", "catalogue"]);
+        assert_eq!(s.trace(&t).unwrap().len(), 2);
+        // Idle threads find nothing left to add for a store that is gone.
+        s.record_hop(hop(TraceId::random(), 200), true);
+        drop(s);
+        flush_hops();
     }
 
     #[test]
