@@ -12,7 +12,7 @@
 #
 # Needs: haproxy, nginx (apt), oha (cargo install oha). Installs what is missing.
 # Usage: scripts/bench-proxy.sh [seconds per run, default 10] [runs per cell, default 3]
-# Each figure is the median over the runs.
+# Each figure is the median over the runs; each run takes the paths in a rotated order.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -156,8 +156,11 @@ for p in "${paths[@]}"; do set -- $p; taskset -c 1 oha -z 2s -c 16 --no-tui "htt
 results=$work/results.txt
 : > "$results"
 for rep in $(seq "$REPS"); do
+# Each run starts the order one path later, so no path always follows the same one.
+shift_by=$(( (rep - 1) % ${#paths[@]} ))
+ordered=("${paths[@]:shift_by}" "${paths[@]:0:shift_by}")
 for rate in 1000 5000 max; do
-  for p in "${paths[@]}"; do
+  for p in "${ordered[@]}"; do
     set -- $p
     name=$1; port=$2; pp=$3
     t0=0; [ "$pp" != - ] && t0=$(ticks "$pp")
