@@ -778,11 +778,7 @@ mod tests {
 
     #[test]
     fn kept_spans_reach_the_hook() {
-        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = seen.clone();
-        let s = store(0.0).on_keep(move |_| {
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        });
+        let (s, seen) = counted(0.0);
         let t = TraceId::random();
         s.record(span(t, None, "a", 1, false), false);
         assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 0);
