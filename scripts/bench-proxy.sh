@@ -11,13 +11,20 @@
 # costs.
 #
 # Needs: haproxy, nginx (apt), oha (cargo install oha). Installs what is missing.
-# Usage: scripts/bench-proxy.sh [seconds per run, default 10] [runs per cell, default 3]
-# Each figure is the median over the runs; each run takes the paths in a rotated order.
+# Usage: [RATES="1000 5000 max"] [RAW=file] scripts/bench-proxy.sh [seconds per run, default 10]
+#        [runs per cell, default 3]
+# Each figure is the median over the runs; each run takes the paths in a rotated order. Yun is
+# also compared with HAProxy run by run (the difference of their p99s, the ratio of their
+# throughputs), which cancels the machine's slow drifts between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECS=${1:-10}
 REPS=${2:-3}
+# Which loads to run, e.g. RATES=5000 for more runs of one cell in the same time.
+RATES=${RATES:-1000 5000 max}
+# Every run's figures are kept here, for comparisons the summary does not make.
+RAW=${RAW:-target/bench-proxy-runs.txt}
 for pkg in haproxy nginx; do
   command -v "$pkg" >/dev/null || apt-get install -y --no-install-recommends "$pkg" >/dev/null
 done
@@ -159,7 +166,7 @@ for rep in $(seq "$REPS"); do
 # Each run starts the order one path later, so no path always follows the same one.
 shift_by=$(( (rep - 1) % ${#paths[@]} ))
 ordered=("${paths[@]:shift_by}" "${paths[@]:0:shift_by}")
-for rate in 1000 5000 max; do
+for rate in $RATES; do
   for p in "${ordered[@]}"; do
     set -- $p
     name=$1; port=$2; pp=$3
@@ -180,44 +187,69 @@ codes=d.get('statusCodeDistribution',{})
 # Requests still in flight when oha's deadline passes are not failures.
 errors={k: v for k, v in d.get('errorDistribution',{}).items() if k != 'aborted due to deadline'}
 ok=codes.get('200',0); total=sum(codes.values()) + sum(errors.values())
-print('$rate $name %.1f %.1f %.0f %d %d $rss $hwm $cpu' % (lat['p50']*1e6, lat['p99']*1e6, s['requestsPerSec'], ok, total))
+print('$rep $rate $name %.1f %.1f %.0f %d %d $rss $hwm $cpu' % (lat['p50']*1e6, lat['p99']*1e6, s['requestsPerSec'], ok, total))
 " >> "$results"
   done
 done
 done
 
+mkdir -p "$(dirname "$RAW")" && cp "$results" "$RAW"
 python3 - "$results" "$SECS" "$REPS" <<'EOF'
 import sys, statistics
+# Row: run rate path p50 p99 req/s ok total rss hwm cpu
 rows=[l.split() for l in open(sys.argv[1])]
 secs, reps = sys.argv[2], sys.argv[3]
 groups={}
+cell={}
 for r in rows:
-    groups.setdefault((r[0],r[1]),[]).append(r)
+    groups.setdefault((r[1],r[2]),[]).append(r[1:])
+    cell[(r[0],r[1],r[2])]=r[1:]
 def med(rs, i):
     vals=[float(r[i]) for r in rs if r[i] != "-"]
     return f"{statistics.median(vals):.1f}" if vals else "-"
+def spread(rs, i):
+    vals=sorted(float(r[i]) for r in rs)
+    return f"{vals[0]:.0f}-{vals[-1]:.0f}"
 # One row per (rate, path): the median of each column over the runs.
 by={k:[k[0],k[1]]+[med(v,i) for i in range(2,10)] for k,v in groups.items()}
+def paired(rate, name, i, added):
+    # Yun against HAProxy within each run (minutes apart): slow drifts of the machine
+    # cancel, which the medians of each path alone do not do.
+    out=[]
+    for run in sorted({r[0] for r in rows}, key=int):
+        y=cell.get((run,rate,name)); h=cell.get((run,rate,'haproxy')); d=cell.get((run,rate,'direct'))
+        if y and h and d:
+            yv=float(y[i]); hv=float(h[i])
+            if added: yv-=float(d[i]); hv-=float(d[i])
+            out.append((yv,hv))
+    return out
 print(f"Side-by-side proxy benchmark ({secs} s per run, median of {reps} runs, 16 connections at fixed rates, 64 at max)")
-for rate in ["1000","5000","max"]:
+for rate in [r for r in ["1000","5000","max"] if (r,"direct") in by]:
     d=by[(rate,"direct")]
     print()
     if rate=="max":
-        print("max throughput | req/s | vs HAProxy | proxy RSS MiB (peak) | proxy CPU % | CPU µs/request")
+        print("max throughput | req/s | vs HAProxy | range | proxy RSS MiB (peak) | proxy CPU % | CPU µs/request")
         for name in ["direct","yun","yun-untraced","haproxy","nginx"]:
             r=by[(rate,name)]
             ratio=float(r[4])/float(by[(rate,'haproxy')][4])
             per=f"{float(r[9])/100/float(r[4])*1e6:.1f}" if r[9] != "-" else "-"
-            print(f"{name:8} | {float(r[4]):9.0f} | {ratio:5.2f}x | {r[7]} ({r[8]}) | {r[9]} | {per}")
+            print(f"{name:8} | {float(r[4]):9.0f} | {ratio:5.2f}x | {spread(groups[(rate,name)],4)} | {r[7]} ({r[8]}) | {r[9]} | {per}")
+        for name in ["yun","yun-untraced"]:
+            p=paired(rate,name,4,False)
+            wins=sum(1 for y,h in p if y>=h)
+            print(f"per run, {name}/haproxy req/s: median {statistics.median(y/h for y,h in p):.2f}, at least HAProxy's in {wins} of {len(p)} runs")
     else:
-        print(f"{rate} req/s | p50 µs | p99 µs | added p50 | added p99 | ok/total | RSS MiB (peak) | CPU %")
+        print(f"{rate} req/s | p50 µs | p99 µs | p99 range | added p50 | added p99 | ok/total | RSS MiB (peak) | CPU %")
         for name in ["direct","yun","yun-untraced","haproxy","nginx"]:
             r=by[(rate,name)]
             a50=float(r[2])-float(d[2]); a99=float(r[3])-float(d[3])
-            print(f"{name:8} | {float(r[2]):7.0f} | {float(r[3]):7.0f} | {a50:+7.0f} | {a99:+7.0f} | {r[5]}/{r[6]} | {r[7]} ({r[8]}) | {r[9]}")
+            print(f"{name:8} | {float(r[2]):7.0f} | {float(r[3]):7.0f} | {spread(groups[(rate,name)],3)} | {a50:+7.0f} | {a99:+7.0f} | {float(r[5]):.0f}/{float(r[6]):.0f} | {r[7]} ({r[8]}) | {r[9]}")
         h=by[(rate,'haproxy')]
         ah=float(h[3])-float(d[3])
         for name in ["yun","yun-untraced"]:
             ay=float(by[(rate,name)][3])-float(d[3])
             print(f"added p99 {name}/haproxy: {ay/ah:.2f}" if ah>0 else "added p99 haproxy <= 0")
+            p=paired(rate,name,3,True)
+            wins=sum(1 for y,h in p if y<=h)
+            print(f"  per run, {name} p99 minus HAProxy's: median {statistics.median(y-h for y,h in p):+.0f} µs, no worse in {wins} of {len(p)} runs")
 EOF
