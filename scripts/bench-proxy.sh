@@ -212,17 +212,12 @@ def spread(rs, i):
     return f"{vals[0]:.0f}-{vals[-1]:.0f}"
 # One row per (rate, path): the median of each column over the runs.
 by={k:[k[0],k[1]]+[med(v,i) for i in range(2,10)] for k,v in groups.items()}
-def paired(rate, name, i, added):
+def paired(rate, name, i):
     # Yun against HAProxy within each run (minutes apart): slow drifts of the machine
     # cancel, which the medians of each path alone do not do.
-    out=[]
-    for run in sorted({r[0] for r in rows}, key=int):
-        y=cell.get((run,rate,name)); h=cell.get((run,rate,'haproxy')); d=cell.get((run,rate,'direct'))
-        if y and h and d:
-            yv=float(y[i]); hv=float(h[i])
-            if added: yv-=float(d[i]); hv-=float(d[i])
-            out.append((yv,hv))
-    return out
+    runs=sorted({r[0] for r in rows}, key=int)
+    return [(float(cell[(run,rate,name)][i]), float(cell[(run,rate,'haproxy')][i]))
+            for run in runs if (run,rate,name) in cell and (run,rate,'haproxy') in cell]
 print(f"Side-by-side proxy benchmark ({secs} s per run, median of {reps} runs, 16 connections at fixed rates, 64 at max)")
 for rate in [r for r in ["1000","5000","max"] if (r,"direct") in by]:
     d=by[(rate,"direct")]
@@ -235,7 +230,7 @@ for rate in [r for r in ["1000","5000","max"] if (r,"direct") in by]:
             per=f"{float(r[9])/100/float(r[4])*1e6:.1f}" if r[9] != "-" else "-"
             print(f"{name:8} | {float(r[4]):9.0f} | {ratio:5.2f}x | {spread(groups[(rate,name)],4)} | {r[7]} ({r[8]}) | {r[9]} | {per}")
         for name in ["yun","yun-untraced"]:
-            p=paired(rate,name,4,False)
+            p=paired(rate,name,4)
             wins=sum(1 for y,h in p if y>=h)
             print(f"per run, {name}/haproxy req/s: median {statistics.median(y/h for y,h in p):.2f}, at least HAProxy's in {wins} of {len(p)} runs")
     else:
@@ -249,7 +244,8 @@ for rate in [r for r in ["1000","5000","max"] if (r,"direct") in by]:
         for name in ["yun","yun-untraced"]:
             ay=float(by[(rate,name)][3])-float(d[3])
             print(f"added p99 {name}/haproxy: {ay/ah:.2f}" if ah>0 else "added p99 haproxy <= 0")
-            p=paired(rate,name,3,True)
+            p=paired(rate,name,3)
             wins=sum(1 for y,h in p if y<=h)
-            print(f"  per run, {name} p99 minus HAProxy's: median {statistics.median(y-h for y,h in p):+.0f} µs, no worse in {wins} of {len(p)} runs")
+            diffs=[y-h for y,h in p]
+            print(f"  per run, {name} p99 minus HAProxy's: median {statistics.median(diffs):+.0f} µs, mean {statistics.mean(diffs):+.0f}, no worse in {wins} of {len(p)} runs")
 EOF
