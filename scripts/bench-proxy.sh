@@ -244,8 +244,7 @@ for rate in [r for r in ["1000","5000","max"] if (r,"direct") in by]:
         for name in ["yun","yun-untraced"]:
             ay=float(by[(rate,name)][3])-float(d[3])
             print(f"added p99 {name}/haproxy: {ay/ah:.2f}" if ah>0 else "added p99 haproxy <= 0")
-            p=paired(rate,name,3)
-            wins=sum(1 for y,h in p if y<=h)
-            diffs=[y-h for y,h in p]
-            print(f"  per run, {name} p99 minus HAProxy's: median {statistics.median(diffs):+.0f} µs, mean {statistics.mean(diffs):+.0f}, no worse in {wins} of {len(p)} runs")
+            diffs=[y-h for y,h in paired(rate,name,3)]
+            wins=sum(1 for x in diffs if x<=0)
+            print(f"  per run, {name} p99 minus HAProxy's: median {statistics.median(diffs):+.0f} µs, mean {statistics.mean(diffs):+.0f}, no worse in {wins} of {len(diffs)} runs")
 EOF
